@@ -1,0 +1,119 @@
+"""The one backbone contract shared by word-vector, language-model and vision networks.
+
+A :class:`Backbone` is two parts composed (no subclass per source):
+
+* an ``encoder`` — an ``nn.Module`` whose ``forward(**inputs)`` returns :class:`Features`;
+* a ``preprocessor`` — a callable turning raw inputs (strings, images) into the encoder's tensors,
+  built from the tokenizer, vocabulary or image transform that belongs to these weights.
+
+Its ``config`` is a JSON-serialisable dict recording the source, architecture and preprocessing, so that
+``save_pretrained`` / ``from_pretrained`` can rebuild it offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Features:
+    """What a backbone's forward pass returns.
+
+    Attributes:
+        pooled: ``[B, feature_dim]`` one vector per input; what heads consume.
+        tokens: ``[B, T, D]`` per-token features (text networks, vision transformers), else ``None``.
+        mask: ``[B, T]`` 1 where ``tokens`` holds a real token, 0 for padding; ``None`` without tokens.
+        spatial: ``[B, C, H, W]`` feature map of convolutional networks, else ``None``.
+    """
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    spatial: torch.Tensor | None = None
+
+
+class Backbone(nn.Module):
+    """A pretrained (or random) network plus the preprocessing that belongs to its weights.
+
+    Build one with :func:`transferkit.load_backbone`; users rarely call this constructor.
+
+    Args:
+        encoder: module mapping preprocessed inputs to :class:`Features`.
+        preprocessor: callable mapping a list of raw inputs to a dict of tensors; it must have a
+            ``to_config()`` method returning JSON-serialisable settings.
+        config: JSON-serialisable description with at least ``source``, ``name``, ``modality``
+            (``"text"`` or ``"image"``) and ``feature_dim``.
+    """
+
+    def __init__(self, encoder: nn.Module, preprocessor: Callable[[Sequence[Any]], dict], config: dict):
+        super().__init__()
+        self.encoder = encoder
+        self.preprocessor = preprocessor
+        self.config = config
+        self.frozen = False
+
+    @property
+    def modality(self) -> str:
+        """``"text"`` or ``"image"``."""
+        return self.config["modality"]
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the pooled feature vector."""
+        return int(self.config["feature_dim"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def preprocess(self, raw_batch: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Turn a list of raw inputs (strings, or PIL images / arrays / tensors / image paths) into tensors."""
+        return self.preprocessor(raw_batch)
+
+    def forward(self, **inputs: torch.Tensor) -> Features:
+        return self.encoder(**inputs)
+
+    def encode(self, raw_batch: Sequence[Any]) -> torch.Tensor:
+        """Pooled features for raw inputs, without gradients: ``[B, feature_dim]``."""
+        inputs = {k: v.to(self.device) for k, v in self.preprocess(raw_batch).items()}
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            pooled = self(**inputs).pooled
+        self.train(was_training)
+        return pooled
+
+    def freeze(self) -> "Backbone":
+        """Stop all learning: no gradients, and BatchNorm statistics / dropout stay in eval mode."""
+        self.frozen = True
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.train(self.training)
+
+    def unfreeze(self) -> "Backbone":
+        """Make every parameter trainable again."""
+        self.frozen = False
+        for p in self.parameters():
+            p.requires_grad_(True)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        # A frozen backbone is a fixed function: BatchNorm must not update running statistics
+        # (the transformers #24479 complaint) and dropout must not perturb features.
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def save_pretrained(self, directory, metrics: dict | None = None):
+        """Save weights, config and preprocessing files; ``load_backbone(directory)`` reads them back."""
+        from transferkit.model import save_pretrained
+
+        return save_pretrained(directory, self, None, metrics)
+
+    def extra_repr(self) -> str:
+        return f"source={self.config['source']!r}, name={self.config['name']!r}, feature_dim={self.feature_dim}"

