@@ -142,3 +142,24 @@ def infer_label_names(labels: Sequence) -> list[str] | None:
     if all(isinstance(y, int) and not isinstance(y, bool) for y in labels):
         return None
     return sorted({str(y) for y in labels})
+
+
+def stratified_split(data: LabelledData, fraction: float, seed: int = 0) -> tuple[LabelledData, LabelledData]:
+    """Hold out ``fraction`` of each class (at least one example of classes with two or more)."""
+    import random
+
+    if not 0 < fraction < 1:
+        raise DataError(f"the held-out fraction must be between 0 and 1, got {fraction}.")
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, y in enumerate(data.labels):
+        by_class.setdefault(str(y), []).append(i)
+    train, held = [], []
+    for indices in by_class.values():
+        rng.shuffle(indices)
+        k = min(len(indices) - 1, max(1, round(len(indices) * fraction)))
+        held += indices[:k]
+        train += indices[k:]
+    if not held:
+        raise DataError(f"{len(data)} examples are too few to hold out a validation split: pass --val data.")
+    return data.subset(sorted(train)), data.subset(sorted(held))

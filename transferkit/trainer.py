@@ -104,16 +104,17 @@ class Trainer:
             for batch in self._bar(loader, f"epoch {epoch}/{self.epochs}"):
                 batch = to_device(batch, device)
                 loss = task(batch)["loss"]
+                value = loss.item()
+                if not math.isfinite(value):  # before the step, so the weights stay usable
+                    raise FloatingPointError(f"loss became {value} at step {step + 1}: lower the learning rate.")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(task.parameters(), self.max_grad_norm)
                 optimizer.step()
                 step += 1
-                total, count = total + float(loss), count + 1
-                if not math.isfinite(float(loss)):
-                    raise FloatingPointError(f"loss became {float(loss)} at step {step}: lower the learning rate.")
-                self._emit("on_step_end", {"epoch": epoch, "step": step, "loss": float(loss)})
+                total, count = total + value, count + 1
+                self._emit("on_step_end", {"epoch": epoch, "step": step, "loss": value})
             record = {"epoch": epoch, "train_loss": total / max(1, count)}
             if val_examples is not None:
                 metrics = self._evaluate(task, val_examples, device)

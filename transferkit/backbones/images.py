@@ -93,7 +93,7 @@ def to_tensor(img: Any, index: int = 0) -> torch.Tensor:
         if arr.ndim != 3 or arr.shape[2] not in (1, 3):
             raise InputError(f"image #{index} is an array of shape {arr.shape}; expected H×W (greyscale), "
                              "H×W×1 or H×W×3 (RGB). Drop an alpha channel with arr[..., :3].")
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)  # copy: arrays may be read-only
     elif isinstance(img, torch.Tensor):
         x = img
         if x.ndim == 2:

@@ -141,6 +141,11 @@ def close_matches(name: str, candidates: list[str], prefix: str) -> str:
     return f" Did you mean {', '.join(repr(f'{prefix}:{c}') for c in close)}?" if close else ""
 
 
+def builtin_backbones() -> list[str]:
+    """The names registered with :func:`register_backbone`."""
+    return sorted(_NAMED)
+
+
 def sources() -> dict[str, Source]:
     """The registered sources (read-only view for the CLI)."""
     return dict(_SOURCES)

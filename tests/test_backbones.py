@@ -1,0 +1,99 @@
+"""Conformance: every backbone source passes the same contract checks on a tiny instance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import transferkit as tk
+from transferkit.backbones.registry import sources
+
+from conftest import raw_batch
+
+SPEC_NAMES = ["word2vec", "word2vec-text", "glove", "fasttext", "hf", "timm", "timm-vit", "torchvision"]
+
+
+@pytest.fixture(scope="module", params=SPEC_NAMES)
+def backbone(request, tiny_specs):
+    spec, options = tiny_specs[request.param]
+    torch.manual_seed(0)
+    return tk.load_backbone(spec, **options)
+
+
+def test_every_registered_source_has_a_tiny_instance(tiny_specs):
+    covered = {spec.split(":", 1)[0] for spec, _ in tiny_specs.values()}
+    assert set(sources()) <= covered
+
+
+def test_contract_shapes_and_config(backbone):
+    assert backbone.modality in ("text", "image")
+    raw = raw_batch(backbone.modality)
+    inputs = backbone.preprocess(raw)
+    assert all(isinstance(v, torch.Tensor) for v in inputs.values())
+    backbone.eval()
+    out = backbone(**inputs)
+    assert out.pooled.shape == (len(raw), backbone.feature_dim)
+    assert torch.isfinite(out.pooled).all()
+    if out.tokens is not None:
+        assert out.tokens.shape[:2] == out.mask.shape and out.tokens.shape[0] == len(raw)
+    if out.spatial is not None:
+        assert out.spatial.ndim == 4 and out.spatial.shape[0] == len(raw)
+    assert out.tokens is not None or out.spatial is not None or backbone.modality == "image"
+    config = json.loads(json.dumps(backbone.config))  # JSON-serialisable
+    assert {"source", "name", "modality", "feature_dim", "preprocess"} <= set(config)
+    assert config["feature_dim"] == backbone.feature_dim
+
+
+def test_eval_forward_is_deterministic_and_batch_independent(backbone):
+    raw = raw_batch(backbone.modality)
+    a = backbone.encode(raw)
+    b = backbone.encode(raw[:1])
+    torch.testing.assert_close(a[:1], b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(backbone.encode(raw), a)
+
+
+def test_freeze_stops_gradients_and_batchnorm_statistics(backbone):
+    backbone.freeze().train()
+    assert not any(p.requires_grad for p in backbone.parameters())
+    buffers = {k: v.clone() for k, v in backbone.state_dict().items()}
+    backbone(**backbone.preprocess(raw_batch(backbone.modality)))
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, buffers[k]), f"{k} changed while frozen"
+    backbone.unfreeze()
+    assert all(p.requires_grad for p in backbone.parameters())
+    assert backbone.encoder.training
+
+
+def test_gradients_reach_the_backbone_when_trainable(backbone):
+    backbone.unfreeze().train()
+    out = backbone(**backbone.preprocess(raw_batch(backbone.modality)))
+    out.pooled.sum().backward()
+    grads = [p.grad for p in backbone.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    backbone.zero_grad()
+    backbone.eval()
+
+
+def test_backbone_save_and_load_back(backbone, tmp_path):
+    backbone.eval()
+    raw = raw_batch(backbone.modality)
+    expected = backbone.encode(raw)
+    backbone.save_pretrained(tmp_path / "bb")
+    again = tk.load_backbone(str(tmp_path / "bb"))
+    assert again.config == backbone.config
+    torch.testing.assert_close(again.encode(raw), expected, atol=0, rtol=0)
+
+
+def test_transfer_model_round_trip_gives_identical_predictions(backbone, tmp_path):
+    torch.manual_seed(1)
+    model = tk.TransferModel(backbone, tk.heads.Classification(labels=["a", "b", "c"]))
+    raw = raw_batch(backbone.modality)
+    expected = model.predict_proba(raw)
+    model.save_pretrained(tmp_path / "m")
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    loaded = tk.TransferModel.from_pretrained(tmp_path / "m")
+    assert torch.equal(loaded.predict_proba(raw), expected)
+    assert loaded.predict(raw) == model.predict(raw)
+    assert set(loaded.predict(raw)) <= {"a", "b", "c"}
