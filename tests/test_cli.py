@@ -1,0 +1,78 @@
+"""The command line: finetune → predict on files a user would have, listing, help, lazy imports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from transferkit.cli import main, parse_options
+
+from conftest import SENTENCES
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label")] + rows)
+
+
+def test_finetune_then_predict(assets, tmp_path, capsys):
+    topic = ["animals"] * 3 + ["markets"] * 3 + ["sport"] * 3
+    _write_csv(tmp_path / "train.csv", [(s, topic[i % 9]) for i, s in enumerate(SENTENCES)])
+    out = tmp_path / "model"
+    code = main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
+                 "--output", str(out), "--epochs", "6", "--lr", "0.05", "--head-lr", "0.05", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "best validation: loss=" in printed and f"saved to {out}" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["head"]["labels"] == ["animals", "markets", "sport"]
+    assert config["metrics"]["val_accuracy"] == 1.0
+    assert main(["predict", "--model", str(out), "--proba", "stocks fell sharply", "the goal"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["label"] for r in lines] == ["markets", "sport"]
+    assert sum(lines[0]["proba"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    assert main(["finetune", "--backbone", "nosuch:thing", "--data", str(tmp_path / "missing.csv"),
+                 "--output", str(tmp_path / "o")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    _write_csv(tmp_path / "d.csv", [("a", "x"), ("b", "y")])
+    assert main(["finetune", "--backbone", "nosuch:thing", "--data", str(tmp_path / "d.csv"),
+                 "--output", str(tmp_path / "o"), "--val-fraction", "0"]) == 1
+    assert "unknown backbone source 'nosuch'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_backbones_listing(capsys):
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    assert "glove:6B.50d" in out and "timm:NAME" in out and "fasttext:PATH" in out
+    assert main(["backbones", "timm:*efficientnet_lite0*"]) == 0
+    assert "timm:tf_efficientnet_lite0" in capsys.readouterr().out.split()
+
+
+def test_parse_options():
+    assert parse_options(["weights=none", "image_size=64", "pooling=max", "x=1.5"]) == {
+        "weights": None, "image_size": 64, "pooling": "max", "x": 1.5}
+    with pytest.raises(SystemExit):
+        parse_options(["oops"])
+
+
+def test_console_script_help():
+    exe = os.path.join(os.path.dirname(sys.executable), "transferkit")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("demo", "finetune", "predict", "backbones"):
+        assert command in out
+
+
+def test_import_is_light():
+    code = ("import sys, transferkit; heavy = [m for m in ('transformers', 'timm', 'torchvision', 'gensim') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
