@@ -171,18 +171,19 @@ def timm_backbone(name: str, *, weights: str | None = "default", image_size: int
     if path is not None:
         classifier = model.pretrained_cfg.get("classifier") or "classifier"
         _load_into(model, load_weights_file(path), f"timm:{arch} from {path}", (classifier + ".",))
-    elif weights not in RANDOM:
+    origin = "random" if weights in RANDOM else (path or full)
+    if path is None and weights not in RANDOM:
         package, loader = LOCAL_TIMM_WEIGHTS.get(full, (None, None))
         if package is not None and find_package_dir(package) is not None:
             loader(model)
+            origin = f"{full} (from the installed package {package})"
         else:
             model = _timm_download(full, model_kwargs)
     cfg = model.pretrained_cfg
     transform = transform_for(cfg.get("input_size", (3, 224, 224)), cfg.get("crop_pct", 0.875),
                               cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
                               cfg.get("interpolation", "bilinear"), image_size)
-    arch_cfg = {"model": full, "kwargs": model_kwargs,
-                "weights": "random" if weights in RANDOM else (path or full)}
+    arch_cfg = {"model": full, "kwargs": model_kwargs, "weights": origin}
     return _wrap(model, "timm", name, model.num_features, transform, arch_cfg)
 
 

@@ -144,9 +144,9 @@ def from_vectors(vocab: list[str], vectors: np.ndarray, *, source: str, name: st
     buckets = 0 if ngram_vectors is None else int(ngram_vectors.shape[0])
     encoder = WordVectorEncoder(len(vocab), dim, pooling, buckets)
     with torch.no_grad():
-        encoder.embeddings.weight[1:] = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+        encoder.embeddings.weight[1:] = torch.tensor(np.asarray(vectors, dtype=np.float32))  # copies: may be read-only
         if ngram_vectors is not None:
-            encoder.ngrams.weight[1:] = torch.from_numpy(np.asarray(ngram_vectors, dtype=np.float32))
+            encoder.ngrams.weight[1:] = torch.tensor(np.asarray(ngram_vectors, dtype=np.float32))
     tokenizer = WordTokenizer(list(vocab), lowercase=lowercase, max_tokens=max_tokens, pattern=pattern,
                               subwords=subwords)
     config = {"source": source, "name": name, "modality": "text",
