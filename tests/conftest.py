@@ -68,6 +68,7 @@ def tiny_specs(assets) -> dict[str, tuple[str, dict]]:
         "hf": (f"hf:{assets['bert']}", {}),
         "timm": ("timm:test_efficientnet", {"weights": None, "image_size": 32}),
         "timm-vit": ("timm:test_vit", {"weights": None}),
+        "timm-stage": ("timm:test_efficientnet", {"weights": None, "image_size": 32, "stage": 2}),
         "torchvision": ("torchvision:mobilenet_v3_small", {"weights": None, "image_size": 32}),
     }
 

@@ -64,3 +64,23 @@ def test_a_weights_file_for_another_architecture_is_refused(tmp_path):
     save_file(other.encoder.model.state_dict(), str(tmp_path / "other.safetensors"))
     with pytest.raises(WeightsError, match="do not fit the architecture"):
         tk.load_backbone("timm:test_resnet", weights=str(tmp_path / "other.safetensors"))
+
+
+def test_stage_features_are_timm_intermediates(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    full = timm.create_model("test_efficientnet", num_classes=0).eval()
+    save_file(full.state_dict(), str(tmp_path / "w.safetensors"))
+    staged = tk.load_backbone("timm:test_efficientnet", weights=str(tmp_path / "w.safetensors"), stage=2)
+    x = [torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(0))]
+    pixels = staged.preprocess(x)["pixel_values"]
+    with torch.no_grad():
+        expected = full.forward_intermediates(pixels, indices=[2], intermediates_only=True)[0]
+    staged.eval()
+    out = staged(pixel_values=pixels)
+    torch.testing.assert_close(out.spatial, expected)
+    torch.testing.assert_close(out.pooled, expected.mean((2, 3)))
+    assert staged.feature_dim == full.feature_info[2]["num_chs"]
+    assert sum(p.numel() for p in staged.parameters()) < sum(p.numel() for p in full.parameters())

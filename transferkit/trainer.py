@@ -94,7 +94,9 @@ class Trainer:
             raise DataError("the training data is empty.")
         task.to(device)
         loader = self._loader(task, train_examples, shuffle=True)
-        optimizer = torch.optim.AdamW(self._param_groups(task), lr=self.lr)
+        # The fused kernel updates all parameters in one pass: several times faster for large embedding
+        # matrices (MiniLM's 11.7M-parameter vocabulary) and numerically the same update.
+        optimizer = torch.optim.AdamW(self._param_groups(task), lr=self.lr, fused=device.type in ("cpu", "cuda"))
         history: list[dict] = []
         best, best_state, stale, step = None, None, 0, 0
         self._emit("on_train_start", {"epochs": self.epochs, "steps_per_epoch": len(loader)})

