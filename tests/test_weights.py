@@ -84,3 +84,15 @@ def test_stage_features_are_timm_intermediates(tmp_path):
     torch.testing.assert_close(out.pooled, expected.mean((2, 3)))
     assert staged.feature_dim == full.feature_info[2]["num_chs"]
     assert sum(p.numel() for p in staged.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_a_weights_tag_with_a_local_file_keeps_the_tags_preprocessing(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.regnet_y_400mf().state_dict(), tmp_path / "r.pth")
+    backbone = tk.load_backbone("torchvision:regnet_y_400mf.IMAGENET1K_V2", weights=str(tmp_path / "r.pth"))
+    assert backbone.config["arch"]["weights"] == str(tmp_path / "r.pth")
+    expected = torchvision.models.RegNet_Y_400MF_Weights.IMAGENET1K_V2.transforms()
+    assert expected.resize_size[0] == 232  # differs from the 256 default, so the test can fail
+    assert backbone.config["preprocess"]["size"] == [expected.crop_size[0]] * 2
+    assert backbone.config["preprocess"]["resize"] == expected.resize_size[0]

@@ -115,7 +115,8 @@ def load_backbone(spec: str | os.PathLike, **options: Any) -> Backbone:
     if prefix == "zoo":
         from transferkit import zoo
 
-        zoo_spec, zoo_options = zoo.backbone_spec(name)
+        trust = options.pop("trust_unverified", False)
+        zoo_spec, zoo_options = zoo.backbone_spec(name, trust_unverified=trust)
         return load_backbone(zoo_spec, **{**zoo_options, **options})
     return source(prefix).build(name, **options)
 

@@ -278,23 +278,23 @@ def torchvision_backbone(name: str, *, weights: str | None = "default", image_si
         raise UnknownBackboneError(f"torchvision:{name}: unknown torchvision classification model."
                                    f"{close_matches(arch, names, 'torchvision')}")
     path = weights if isinstance(weights, str) and (os.sep in weights or weights.endswith(WEIGHT_SUFFIXES)) else None
-    enum = None
-    if weights not in RANDOM and path is None:
-        choice = tag or ("DEFAULT" if weights == "default" else weights)
+    # The weights enum gives the preprocessing; its file is downloaded unless a local file is given.
+    enum, choice = None, tag or (None if weights in RANDOM or path else "DEFAULT" if weights == "default" else weights)
+    if choice is not None:
         try:
             enum = tvm.get_model_weights(arch)[choice]
         except KeyError as e:
             tags = [w.name for w in tvm.get_model_weights(arch)]
             raise UnknownBackboneError(f"torchvision:{name}: unknown weights {choice!r}; {arch} has {tags}.") from e
     try:
-        model = tvm.get_model(arch, weights=enum)
+        model = tvm.get_model(arch, weights=None if path or weights in RANDOM else enum)
     except Exception as e:
         raise WeightsError(f"torchvision:{name}: could not get the weights {enum} ({type(e).__name__}: {e}). "
                            "Without network access pass weights=None or weights='path/to/file.pth'.") from e
     feature_dim, classifier = _strip_classifier(model, f"torchvision:{arch}")
     if path is not None:
         _load_into(model, load_weights_file(path), f"torchvision:{arch} from {path}", (classifier + ".",))
-    arch_cfg = {"model": arch, "weights": "random" if weights in RANDOM else (path or str(enum))}
+    arch_cfg = {"model": arch, "weights": "random" if weights in RANDOM and not path else (path or str(enum))}
     return _wrap(model, "torchvision", name, feature_dim, _torchvision_transform(enum, image_size), arch_cfg)
 
 
