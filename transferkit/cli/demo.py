@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
         for pkg in missing:
             print(f"  pip install {PACKAGES[pkg]}")
         return 1
-    import torch
+    from transformers.utils import logging as hf_logging
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model would drown the table
     print(f"transferkit demo: {settings.seeds} seed(s); few labels per class; accuracy on held-out test sets\n",
           flush=True)
     rows: list[Row] = []
