@@ -57,6 +57,19 @@ def _tiny_bert(path) -> str:
     return str(path)
 
 
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty TRANSFERKIT_HOME for zoo tests, online, with only the built-in catalogue."""
+    from transferkit.zoo import catalogue
+
+    monkeypatch.setenv("TRANSFERKIT_HOME", str(tmp_path / "home"))
+    for var in ("TRANSFERKIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFERKIT_ZOO_CATALOGUES"):
+        monkeypatch.delenv(var, raising=False)
+    catalogue.reset_catalogues()
+    yield tmp_path / "home"
+    catalogue.reset_catalogues()
+
+
 @pytest.fixture(scope="session")
 def tiny_specs(assets) -> dict[str, tuple[str, dict]]:
     """One tiny (spec, options) per backbone source."""

@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from zoo_server import REPO_ROOT, ZOO_ONLY_PRELUDE, ZooServer  # noqa: E402
 
 from transferkit import zoo  # noqa: E402
-from transferkit.zoo import catalogue as catalogue_mod  # noqa: E402
 from transferkit.zoo.cache import entry_dir, incoming_dir, read_record  # noqa: E402
 
 FAST = zoo.DownloadPolicy(retries=3, backoff=0.01, max_backoff=0.05, timeout=5, chunk_size=64 * 1024)
@@ -32,15 +31,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """An empty TRANSFERKIT_HOME, online, with only the built-in catalogue."""
-    monkeypatch.setenv("TRANSFERKIT_HOME", str(tmp_path / "home"))
-    for var in ("TRANSFERKIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFERKIT_ZOO_CATALOGUES"):
-        monkeypatch.delenv(var, raising=False)
-    catalogue_mod.reset_catalogues()
-    yield tmp_path / "home"
-    catalogue_mod.reset_catalogues()
 
 
 @pytest.fixture

@@ -18,19 +18,10 @@ import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from transferkit import zoo
-from transferkit.zoo import catalogue as catalogue_mod
 
 WEIGHTS = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + b"\x00" * 64  # stands in for a safetensors file
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRANSFERKIT_HOME", str(tmp_path / "home"))
-    for var in ("TRANSFERKIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFERKIT_ZOO_CATALOGUES"):
-        monkeypatch.delenv(var, raising=False)
-    catalogue_mod.reset_catalogues()
-    yield tmp_path / "home"
-    catalogue_mod.reset_catalogues()
 
 
 class FakeHub:

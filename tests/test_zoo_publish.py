@@ -19,14 +19,6 @@ from transferkit.zoo.cli import main  # noqa: E402
 from transferkit.zoo.schema import validate_entry  # noqa: E402
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRANSFERKIT_HOME", str(tmp_path / "home"))
-    for var in ("TRANSFERKIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFERKIT_ZOO_CATALOGUES"):
-        monkeypatch.delenv(var, raising=False)
-    catalogue_mod.reset_catalogues()
-    yield tmp_path / "home"
-    catalogue_mod.reset_catalogues()
 
 
 def saved_model(path: Path, weights: bytes = b"W" * 5000, readme: bool = True) -> Path:

@@ -17,7 +17,6 @@ The image transform (input size, resize, mean, std, interpolation) comes from th
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 import torch

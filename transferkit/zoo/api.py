@@ -42,14 +42,17 @@ def _download_name(f: ZooFile) -> str:
     return unquote(Path(urlparse(f.urls[0]).path).name) or "archive"
 
 
-def _human(size: int | None) -> str:
+def human_size(size: int | None, compact: bool = False) -> str:
+    """``440449768`` → ``"440.4 MB"`` (``"440.4M"`` when ``compact``)."""
     if size is None:
-        return "size unknown"
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000  # type: ignore[assignment]
-    return ""  # pragma: no cover
+        return "?" if compact else "size unknown"
+    value = float(size)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1000 or unit == "G":
+            text = f"{value:.0f}" if unit == "B" else f"{value:.1f}"
+            return f"{text}{unit}" if compact else f"{text} {unit if unit == 'B' else unit + 'B'}"
+        value /= 1000
+    raise AssertionError("unreachable")
 
 
 def _result_path(entry: ZooEntry, target: Path) -> Path:
@@ -97,7 +100,7 @@ def _offline_error(entry: ZooEntry, missing: list[ZooFile], target: Path) -> Off
     for f in missing:
         where = incoming_dir(entry.name) / _download_name(f)
         digest = f"sha256 {f.sha256}" if f.sha256 else "no published sha256"
-        lines.append(f"  - {_download_name(f)} ({_human(f.size)}, {digest}) from {' or '.join(f.urls)}\n"
+        lines.append(f"  - {_download_name(f)} ({human_size(f.size)}, {digest}) from {' or '.join(f.urls)}\n"
                      f"    put it at {where}")
     state = "is damaged in" if target.exists() else "is not in"
     return OfflineError(

@@ -13,17 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from transferkit import zoo
+from transferkit.zoo.api import human_size
 from transferkit.zoo.errors import ZooError
-
-
-def _size(value: int | None) -> str:
-    if value is None:
-        return "?"
-    for unit in ("B", "K", "M", "G"):
-        if value < 1000 or unit == "G":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1000  # type: ignore[assignment]
-    return "?"  # pragma: no cover
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -31,7 +22,7 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([zoo.info(n).to_dict() for n in names], indent=2))
         return 0
-    rows = [(n, (e := zoo.info(n)).modality, e.source, _size(e.size), e.integrity,
+    rows = [(n, (e := zoo.info(n)).modality, e.source, human_size(e.size, compact=True), e.integrity,
              "yes" if zoo.is_installed(n) else "") for n in names]
     header = ("NAME", "MODALITY", "SOURCE", "SIZE", "INTEGRITY", "CACHED")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -50,7 +41,7 @@ def _info(args: argparse.Namespace) -> int:
     for label, value in (("modality", entry.modality), ("source", entry.source), ("arch", entry.arch),
                          ("licence", entry.licence), ("citation", entry.citation), ("homepage", entry.homepage),
                          ("integrity", entry.integrity + note),
-                         ("size", _size(entry.size)), ("preprocessing", json.dumps(entry.preprocessing)),
+                         ("size", human_size(entry.size, compact=True)), ("preprocessing", json.dumps(entry.preprocessing)),
                          ("recipe", json.dumps(entry.recipe)), ("metrics", json.dumps(entry.metrics)),
                          ("metrics source", entry.metrics_source), ("catalogue", entry.origin),
                          ("cached", "yes" if zoo.is_installed(entry.name) else "no")):
@@ -60,7 +51,7 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {'hub:':15} {entry.hub.repo_id} @ {entry.hub.revision or '(unpinned)'} {list(entry.hub.files)}")
     for f in entry.files:
         member = f" -> {f.member}" if f.member else ""
-        print(f"  {'file:':15} {f.path} ({_size(f.size)}, sha256 {f.sha256 or f.member_sha256 or 'unknown'})"
+        print(f"  {'file:':15} {f.path} ({human_size(f.size, compact=True)}, sha256 {f.sha256 or f.member_sha256 or 'unknown'})"
               f"{member}\n  {'':15} " + "\n  {:15} ".format("").join(f.urls))
     return 0
 
