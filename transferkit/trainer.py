@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from transferkit.errors import DataError
 
@@ -40,7 +40,8 @@ class Trainer:
             a pretrained backbone (e.g. ``lr=5e-5, head_lr=1e-3``).
         weight_decay: AdamW decoupled weight decay, applied to matrices only (not biases or norms).
         max_grad_norm: gradient-norm clipping; ``None`` disables it.
-        metric: validation metric that selects the best epoch: ``"accuracy"``, ``"macro_f1"`` or ``"loss"``.
+        metric: validation metric that selects the best epoch: ``"accuracy"``, ``"macro_f1"`` or ``"loss"``
+            (tasks that do not report it, such as pretext tasks, select on loss).
         patience: stop after this many epochs without improvement; ``None`` trains all epochs. With
             validation data the best epoch's weights are restored either way.
         seed: seeds Python, NumPy and torch and the data order, so a CPU run is repeatable.
@@ -90,7 +91,7 @@ class Trainer:
         seed_everything(self.seed)
         train_examples = task.examples(train)
         val_examples = task.examples(val) if val is not None else None
-        if not train_examples:
+        if hasattr(train_examples, "__len__") and len(train_examples) == 0:
             raise DataError("the training data is empty.")
         task.to(device)
         loader = self._loader(task, train_examples, shuffle=True)
@@ -99,7 +100,8 @@ class Trainer:
         optimizer = torch.optim.AdamW(self._param_groups(task), lr=self.lr, fused=device.type in ("cpu", "cuda"))
         history: list[dict] = []
         best, best_state, stale, step = None, None, 0, 0
-        self._emit("on_train_start", {"epochs": self.epochs, "steps_per_epoch": len(loader)})
+        steps = len(loader) if hasattr(train_examples, "__len__") else None  # streamed corpora have no length
+        self._emit("on_train_start", {"epochs": self.epochs, "steps_per_epoch": steps})
         for epoch in range(1, self.epochs + 1):
             task.train()
             total, count = 0.0, 0
@@ -121,8 +123,10 @@ class Trainer:
             if val_examples is not None:
                 metrics = self._evaluate(task, val_examples, device)
                 record.update({f"val_{k}": v for k, v in metrics.items()})
-                score = metrics[self.metric]
-                if best is None or (score < best if self.metric in MINIMISED else score > best):
+                # Tasks without the chosen metric (pretext tasks report loss) select on loss.
+                name = self.metric if self.metric in metrics else "loss"
+                score = metrics[name]
+                if best is None or (score < best if name in MINIMISED else score > best):
                     best, stale = score, 0
                     best_state = {k: v.detach().clone() for k, v in task.state_dict().items()}
                 else:
@@ -145,7 +149,7 @@ class Trainer:
         return self._evaluate(task, task.examples(data), device)
 
     def _evaluate(self, task: nn.Module, examples: list, device: torch.device) -> dict[str, float]:
-        if not examples:
+        if hasattr(examples, "__len__") and len(examples) == 0:
             raise DataError("the evaluation data is empty.")
         was_training = task.training
         task.eval()
@@ -158,9 +162,12 @@ class Trainer:
         return metrics.compute()
 
     def _loader(self, task, examples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        batch_size = batch_size or self.batch_size
+        if isinstance(examples, IterableDataset):  # streamed from disk: read in order, never held in memory
+            return DataLoader(examples, batch_size=batch_size, collate_fn=task.collate, num_workers=self.num_workers)
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(examples, batch_size=batch_size or self.batch_size, shuffle=shuffle,
-                          collate_fn=task.collate, num_workers=self.num_workers, generator=generator)
+        return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=task.collate,
+                          num_workers=self.num_workers, generator=generator)
 
     def _param_groups(self, task: nn.Module) -> list[dict]:
         head = getattr(getattr(task, "model", None), "head", None)

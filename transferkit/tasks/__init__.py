@@ -2,7 +2,8 @@
 
 The :class:`~transferkit.Trainer` trains any task with this shape:
 
-* ``examples(data)`` → a list of examples (checks the data against the model);
+* ``examples(data)`` → a list of examples, or a ``torch.utils.data.IterableDataset`` that streams them
+  from disk (checks the data against the model);
 * ``collate(examples)`` → a batch (a dict of tensors, preprocessed by the backbone);
 * ``forward(batch)`` → ``{"loss": ..., ...}``;
 * ``metrics()`` → a fresh streaming metric with ``update(batch, outputs)`` and ``compute() -> dict``.
