@@ -67,7 +67,8 @@ class HFEncoder(nn.Module):
         return Features(pooled=pooled, tokens=hidden, mask=attention_mask)
 
 
-def _wrap(model, tokenizer, *, name: str, pooling: str, max_length: int | None) -> Backbone:
+def from_model(model, tokenizer, *, name: str, pooling: str = "mean", max_length: int | None = None) -> Backbone:
+    """Wrap a transformers base model (``AutoModel``) and its tokenizer as a Backbone."""
     if tokenizer.pad_token is None:  # GPT-2 and Llama tokenizers have none
         tokenizer.pad_token = tokenizer.eos_token
     limit = getattr(model.config, "max_position_embeddings", None) or 512
@@ -119,7 +120,7 @@ def hf(name: str, *, pooling: str = "mean", max_length: int | None = None, weigh
             f"hf:{name}: could not load it from the Hugging Face Hub or its cache ({type(e).__name__}: {e}). "
             "Check the model id, or pass a local checkpoint directory (offline: set HF_HUB_OFFLINE=1 and use "
             "a cached or local model).") from e
-    return _wrap(model, tokenizer, name=name, pooling=pooling, max_length=max_length)
+    return from_model(model, tokenizer, name=name, pooling=pooling, max_length=max_length)
 
 
 def _rebuild(config: dict, directory: Path) -> Backbone:
@@ -128,7 +129,7 @@ def _rebuild(config: dict, directory: Path) -> Backbone:
     assets = directory / config["preprocess"]["tokenizer_dir"]
     model = AutoModel.from_config(AutoConfig.from_pretrained(assets, trust_remote_code=False))
     tokenizer = AutoTokenizer.from_pretrained(assets, trust_remote_code=False)
-    return _wrap(model, tokenizer, name=config["name"], pooling=config["arch"]["pooling"],
+    return from_model(model, tokenizer, name=config["name"], pooling=config["arch"]["pooling"],
                  max_length=config["preprocess"]["max_length"])
 
 
