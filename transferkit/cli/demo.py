@@ -56,7 +56,7 @@ class Row:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="show transfer helping on real weights and data (offline, a few minutes)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one seed and smaller test sets (about a minute)")
     p.add_argument("--families", default="vectors,lm,vision",
                    help="comma-separated subset of: vectors (GloVe), lm (MiniLM), vision (EfficientNet-Lite0 on "
