@@ -208,3 +208,8 @@ def test_vision_entries_agree_with_torchvision_and_timm_metadata():
             assert tuple(entry.preprocessing["mean"]) == tuple(cfg["mean"])
             checked += 1
     assert checked == 7
+
+
+def test_env_catalogues_keep_urls_whole(monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_ZOO_CATALOGUES", "http://127.0.0.1:8765/catalogue.json; /srv/zoo  other.toml")
+    assert catalogue_mod.env_catalogues() == ["http://127.0.0.1:8765/catalogue.json", "/srv/zoo", "other.toml"]

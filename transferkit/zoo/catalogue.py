@@ -13,6 +13,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -247,8 +248,7 @@ def _load_all() -> dict[str, ZooEntry]:
     builtin = builtin_catalogue_dir()
     for path in sorted(builtin.glob("*.toml")) if builtin.is_dir() else ():
         found += read_catalogue(path)
-    env = os.environ.get("TRANSFERKIT_ZOO_CATALOGUES", "")
-    for source in [s for s in env.split(os.pathsep) if s and s not in _REGISTRY.extra]:
+    for source in [s for s in env_catalogues() if s not in _REGISTRY.extra]:
         found += _read_source(source)
     for added in _REGISTRY.extra.values():
         found += added
@@ -262,13 +262,18 @@ def _load_all() -> dict[str, ZooEntry]:
     return entries
 
 
+def env_catalogues() -> list[str]:
+    """``TRANSFERKIT_ZOO_CATALOGUES`` split on spaces and ``;`` (not ``:``, which URLs contain)."""
+    return [s for s in re.split(r"[;\s]+", os.environ.get("TRANSFERKIT_ZOO_CATALOGUES", "")) if s]
+
+
 def add_catalogue(path_or_url: str | os.PathLike) -> list[str]:
     """Add a catalogue beside the built-in one, for this process.
 
     Args:
         path_or_url: a TOML/JSON catalogue file, a directory written by :func:`~transferkit.zoo.publish`,
             or an ``http(s)://`` URL of a catalogue file (cached, so it still works offline later).
-            ``TRANSFERKIT_ZOO_CATALOGUES`` (paths/URLs separated by ``os.pathsep``) adds catalogues
+            ``TRANSFERKIT_ZOO_CATALOGUES`` (paths/URLs separated by spaces or ``;``) adds catalogues
             without code.
 
     Returns:
