@@ -97,3 +97,10 @@ def test_transfer_model_round_trip_gives_identical_predictions(backbone, tmp_pat
     assert torch.equal(loaded.predict_proba(raw), expected)
     assert loaded.predict(raw) == model.predict(raw)
     assert set(loaded.predict(raw)) <= {"a", "b", "c"}
+
+
+def test_tiny_text_backbones_know_the_test_words(tiny_specs):
+    hf = tk.load_backbone(tiny_specs["hf"][0])
+    assert hf.preprocessor.tokenizer.unk_token_id not in hf.preprocess(["the market rallied"])["input_ids"]
+    w2v = tk.load_backbone(tiny_specs["word2vec"][0])
+    assert (w2v.preprocess(["the market rallied"])["input_ids"] > 0).all()  # 0 is padding/unknown
