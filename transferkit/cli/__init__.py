@@ -1,4 +1,4 @@
-"""The ``transferkit`` command: ``demo``, ``finetune``, ``predict``, ``backbones`` (and ``zoo``)."""
+"""The ``transferkit`` command: ``demo``, ``pretrain``, ``finetune``, ``predict``, ``backbones``, ``zoo``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Sequence
 
 EPILOG = """examples:
   transferkit demo --quick
+  transferkit pretrain mlm --backbone scratch:bert --data corpus.txt --output runs/bert
   transferkit backbones 'timm:*efficientnet*'
   transferkit finetune --backbone hf:sentence-transformers/all-MiniLM-L6-v2 --data train.csv --output runs/m
   transferkit finetune --backbone timm:resnet18 --option weights=none --data images/ --output runs/r
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     from transferkit.cli.demo import add_parser as add_demo
+    from transferkit.cli.pretrain import add_parser as add_pretrain
 
     add_demo(sub)
+    add_pretrain(sub)
 
     p = sub.add_parser("finetune", help="fine-tune a backbone + classification head on labelled data",
                        description="Fine-tune a backbone with a classification head and save the model.")

@@ -1,0 +1,47 @@
+"""`transferkit pretrain`: general → domain → task is one command after another."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from transferkit.cli import main
+
+from conftest import SENTENCES
+
+TINY = ["--option", "vocab_size=200", "--option", "hidden=32", "--option", "layers=1", "--option", "heads=2",
+        "--option", "max_length=32"]
+
+
+def test_pretrain_chain_then_finetune(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    general, domain = tmp_path / "general", tmp_path / "domain"
+    assert main(["pretrain", "mlm", "--backbone", "scratch:bert", *TINY, "--data", str(corpus),
+                 "--output", str(general), "--no-progress"]) == 0
+    assert main(["pretrain", "mlm", "--backbone", str(general), "--data", str(corpus), "--output", str(domain),
+                 "--task-option", "whole_word=true", "--no-progress"]) == 0
+    config = json.loads((domain / "config.json").read_text())
+    assert config["metrics"]["pretrain_task"] == "mlm" and config["head"] is None
+    topic = ["animals"] * 3 + ["markets"] * 3 + ["sport"] * 3
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label")] + [(s, topic[i % 9]) for i, s in enumerate(SENTENCES)])
+    assert main(["finetune", "--backbone", str(domain), "--data", str(tmp_path / "train.csv"),
+                 "--output", str(tmp_path / "task"), "--epochs", "1", "--no-progress"]) == 0
+    assert "saved to" in capsys.readouterr().out
+
+
+def test_pretrain_causal_lm_from_scratch(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    assert main(["pretrain", "clm", "--backbone", "scratch:gpt2", *TINY, "--data", str(corpus),
+                 "--output", str(tmp_path / "gpt"), "--no-progress"]) == 0
+    assert (tmp_path / "gpt" / "model.safetensors").is_file()
+
+
+def test_pretrain_bad_corpus_is_reported(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    code = main(["pretrain", "mlm", "--backbone", "scratch:bert", *TINY, "--data", str(tmp_path / "empty.txt"),
+                 "--output", str(tmp_path / "o"), "--no-progress"])
+    assert code == 1 and "empty" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

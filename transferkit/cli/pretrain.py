@@ -1,0 +1,105 @@
+"""``transferkit pretrain TASK``: self-supervised pretraining from the command line.
+
+Network tasks (``mlm``, ``nsp``, ``sop``, ``clm``, ``rotation``, ``patch-color``, ``autoencoder``) train a
+backbone with the Trainer and save it with ``save_pretrained``, so the next step is one more command::
+
+    transferkit pretrain mlm --backbone scratch:bert --data corpus.txt --output runs/general
+    transferkit pretrain mlm --backbone runs/general --data domain.txt --output runs/domain
+    transferkit finetune --backbone runs/domain --data labelled.csv --output runs/task
+
+``--backbone scratch:bert`` / ``scratch:gpt2`` trains a tokenizer on the corpus and builds a small random
+model (``--option hidden=256 --option layers=4 ...``). Word-vector tasks (``word2vec``, ``fasttext``,
+``glove``) need no backbone and write a vectors file loadable as ``word2vec:``/``fasttext:``/``glove:``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+# task name → (module, class or function, extra constructor keyword arguments)
+NETWORK_TASKS: dict[str, tuple[str, str, dict]] = {
+    "mlm": ("transferkit.tasks.text", "MaskedLM", {}),
+    "nsp": ("transferkit.tasks.text", "NextSentencePrediction", {}),
+    "sop": ("transferkit.tasks.text", "NextSentencePrediction", {"order": True}),
+    "clm": ("transferkit.tasks.text", "CausalLM", {}),
+    "rotation": ("transferkit.tasks.vision", "RotationPrediction", {}),
+    "patch-color": ("transferkit.tasks.vision", "PatchColor", {}),
+    "autoencoder": ("transferkit.tasks.vision", "DenoisingAutoencoder", {}),
+}
+VECTOR_TASKS = {"word2vec": "train_word2vec", "fasttext": "train_fasttext", "glove": "train_glove"}
+SCRATCH_KEYS = ("vocab_size", "hidden", "layers", "heads", "max_length")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("pretrain", help="self-supervised pretraining (MLM, NSP, CLM, rotation, word vectors...)",
+                              description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=sorted(NETWORK_TASKS) + sorted(VECTOR_TASKS))
+    p.add_argument("--backbone", help="backbone spec or save_pretrained directory to continue from, or "
+                                      "scratch:bert / scratch:gpt2 (network tasks)")
+    p.add_argument("--data", required=True, help="corpus: a text file (one document per line; blank lines "
+                                                 "between documents for nsp/sop) or a folder of images")
+    p.add_argument("--output", required=True, help="directory (network tasks) or vectors file (word vectors)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone option, or scratch model size (vocab_size, hidden, layers, heads, max_length)")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task option, e.g. mask_prob=0.15, whole_word=true; for word vectors the trainer's "
+                        "keyword arguments, e.g. vector_size=100, window=5, min_count=5")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda... (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import importlib
+
+    from transferkit.cli import parse_options
+
+    task_options = parse_options(args.task_option)
+    if args.task in VECTOR_TASKS:
+        train: Callable = getattr(importlib.import_module("transferkit.tasks.word_vectors"), VECTOR_TASKS[args.task])
+        path = train(args.data, args.output, epochs=args.epochs, seed=args.seed, progress=not args.no_progress,
+                     **task_options)
+        print(f"saved {args.task} vectors to {path}; load them with load_backbone('"
+              f"{'word2vec' if args.task == 'word2vec' else args.task}:{path}')")
+        return 0
+    if not args.backbone:
+        raise SystemExit(f"transferkit: error: pretrain {args.task} needs --backbone")
+    import transferkit as tk
+
+    tk.seed_everything(args.seed)
+    backbone = _backbone(args.backbone, args.data, parse_options(args.option))
+    module, name, fixed = NETWORK_TASKS[args.task]
+    task = getattr(importlib.import_module(module), name)(backbone, **{**fixed, **task_options})
+    trainer = tk.Trainer(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         device=args.device, progress=not args.no_progress)
+    history = trainer.fit(task, args.data)
+    for record in history:
+        print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    task.backbone.to("cpu")
+    path = task.backbone.save_pretrained(args.output, metrics={"pretrain_task": args.task,
+                                                               "train_loss": history[-1]["train_loss"]})
+    print(f"saved the pretrained backbone to {path}; fine-tune it with --backbone {path}")
+    return 0
+
+
+def _backbone(spec: str, corpus: str, options: dict):
+    import transferkit as tk
+
+    if not spec.startswith("scratch:"):
+        return tk.load_backbone(spec, **options)
+    from transferkit.tokenization import new_text_backbone, train_tokenizer
+
+    arch = spec.split(":", 1)[1]
+    if arch not in ("bert", "gpt2"):
+        raise SystemExit(f"transferkit: error: scratch models are scratch:bert or scratch:gpt2, not {spec!r}")
+    unknown = set(options) - set(SCRATCH_KEYS)
+    if unknown:
+        raise SystemExit(f"transferkit: error: unknown scratch options {sorted(unknown)}; use {SCRATCH_KEYS}")
+    tokenizer = train_tokenizer(corpus, kind="wordpiece" if arch == "bert" else "bpe",
+                                vocab_size=options.pop("vocab_size", 8000))
+    return new_text_backbone(tokenizer, arch=arch, **options)
