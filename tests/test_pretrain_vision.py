@@ -54,13 +54,19 @@ def test_rotation_labels_undo_the_rotation(all_rotations):
 
 
 def test_rotation_task_labels_refer_to_what_the_network_sees():
+    from transferkit.backbones.images import to_tensor
+
     task = RotationPrediction(backbone())
     images = shapes(3)
     batch = task.collate(images)
     seen = task.pixels.unit(batch["inputs"]["pixel_values"])
-    original = task.pixels.unit(task.backbone.preprocess(images)["pixel_values"])
     for i, k in enumerate(batch["labels"].tolist()):
-        assert torch.allclose(torch.rot90(seen[i], -k, dims=(-2, -1)), original[i % 3], atol=1e-5)
+        # The raw image is turned, then preprocessed like any input (so no resize/crop artefact rotates).
+        turned = torch.rot90(to_tensor(images[i % 3]), k, dims=(-2, -1))
+        expected = task.pixels.unit(task.backbone.preprocess([turned])["pixel_values"])[0]
+        assert torch.allclose(seen[i], expected, atol=1e-5)
+    assert sorted(batch["labels"].tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
 
 
 @pytest.mark.parametrize("channels", ["rgb", "grey"])

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferkit.backbones.images import to_tensor
+
 from .vision_data import ImageFolderCorpus, Pixels, probe, unlabelled_images
 from .vision_views import (ColorizationView, CorruptionView, MaskedPatchView, RotationView,
                            num_colour_classes)
@@ -85,6 +87,13 @@ class RotationPrediction(nn.Module):
         return unlabelled_images(data)
 
     def collate(self, images: Sequence[Any]) -> dict[str, Any]:
+        # Rotate the raw images, then resize/crop each the same way: rotating after preprocessing lets the
+        # network read the rotation off the interpolation grid and crop edge instead of the content.
+        raw = [to_tensor(img, i) for i, img in enumerate(images)]
+        if len({tuple(x.shape[-2:]) for x in raw}) == 1 and raw[0].shape[-1] == raw[0].shape[-2]:
+            rotated, labels = self.view(torch.stack(raw))
+            return {"inputs": {"pixel_values": self.pixels.normalise(
+                _preprocessed(self.backbone, self.pixels, list(rotated)))}, "labels": labels}
         rotated, labels = self.view(_preprocessed(self.backbone, self.pixels, images))
         return {"inputs": {"pixel_values": self.pixels.normalise(rotated)}, "labels": labels}
 
