@@ -45,3 +45,16 @@ def test_pretrain_bad_corpus_is_reported(tmp_path, capsys):
                  "--output", str(tmp_path / "o"), "--no-progress"])
     assert code == 1 and "empty" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_pretrain_word_vectors_then_load(tmp_path, capsys):
+    import transferkit as tk
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    for task in ("word2vec", "fasttext", "glove"):
+        out = tmp_path / f"vectors.{task}"
+        assert main(["pretrain", task, "--data", str(corpus), "--output", str(out), "--epochs", "2",
+                     "--task-option", "min_count=1", "--task-option", "vector_size=8", "--no-progress"]) == 0
+        backbone = tk.load_backbone(f"{task}:{out}")
+        assert backbone.feature_dim == 8 and "market" in backbone.preprocessor.vocab

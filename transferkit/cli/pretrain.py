@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
         train: Callable = getattr(importlib.import_module("transferkit.tasks.word_vectors"), VECTOR_TASKS[args.task])
         path = train(args.data, args.output, epochs=args.epochs, seed=args.seed, progress=not args.no_progress,
                      **task_options)
-        print(f"saved {args.task} vectors to {path}; load them with load_backbone('"
-              f"{'word2vec' if args.task == 'word2vec' else args.task}:{path}')")
+        print(f"saved {args.task} vectors to {path}; load them with load_backbone('{args.task}:{path}')")
         return 0
     if not args.backbone:
         raise SystemExit(f"transferkit: error: pretrain {args.task} needs --backbone")

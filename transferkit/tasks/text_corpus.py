@@ -23,6 +23,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from transferkit.errors import DataError
 
+from .corpus import utf8_lines
+
 
 class CorpusError(DataError):
     """A text corpus is missing, empty or not UTF-8."""
@@ -37,18 +39,9 @@ def _check_corpus(path: Path) -> None:
         raise CorpusError(f"text corpus {path}: no such file. Give a UTF-8 text file, one text per line.")
     if not path.is_file():
         raise CorpusError(f"text corpus {path}: not a file.")
-    any_text, offset = False, 0
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise CorpusError(
-                    f"text corpus {path}: line {number} is not valid UTF-8 (byte {raw[e.start]:#04x} at byte "
-                    f"offset {offset + e.start} of the file: {e.reason}). Re-encode the file as UTF-8, e.g. "
-                    f"`iconv -f latin1 -t utf-8`.") from None
-            any_text = any_text or bool(line.strip())
-            offset += len(raw)
+    any_text = False
+    for _, line in utf8_lines(path, CorpusError):  # the whole file: a bad byte anywhere is found now
+        any_text = any_text or bool(line.strip())
     if not any_text:
         raise CorpusError(f"text corpus {path}: the file is empty (no non-blank line).")
 
