@@ -71,7 +71,7 @@ class RotationPrediction(nn.Module):
     loss: 4-way cross-entropy. Metrics: ``loss`` and rotation ``accuracy``.
 
     Args:
-        backbone: an image backbone (square ``image_size``).
+        backbone: an image backbone.
         all_rotations: all four rotations of every image per batch (paper), or one random rotation each.
     """
 
@@ -89,13 +89,9 @@ class RotationPrediction(nn.Module):
     def collate(self, images: Sequence[Any]) -> dict[str, Any]:
         # Rotate the raw images, then resize/crop each the same way: rotating after preprocessing lets the
         # network read the rotation off the interpolation grid and crop edge instead of the content.
-        raw = [to_tensor(img, i) for i, img in enumerate(images)]
-        if len({tuple(x.shape[-2:]) for x in raw}) == 1 and raw[0].shape[-1] == raw[0].shape[-2]:
-            rotated, labels = self.view(torch.stack(raw))
-            return {"inputs": {"pixel_values": self.pixels.normalise(
-                _preprocessed(self.backbone, self.pixels, list(rotated)))}, "labels": labels}
-        rotated, labels = self.view(_preprocessed(self.backbone, self.pixels, images))
-        return {"inputs": {"pixel_values": self.pixels.normalise(rotated)}, "labels": labels}
+        rotated, labels = self.view([to_tensor(img, i) for i, img in enumerate(images)])
+        pixels = _preprocessed(self.backbone, self.pixels, rotated)
+        return {"inputs": {"pixel_values": self.pixels.normalise(pixels)}, "labels": labels}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = self.head(self.backbone(**batch["inputs"]).pooled)

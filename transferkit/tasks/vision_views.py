@@ -43,16 +43,13 @@ class RotationView:
     def __init__(self, all_rotations: bool = True):
         self.all_rotations = all_rotations
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        if x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"rotation prediction needs square images, got {x.shape[-2]}×{x.shape[-1]}: build the "
-                             "backbone with a square image_size.")
+    def __call__(self, x, generator: torch.Generator | None = None):
+        """Turn each ``C×H×W`` image of ``x`` (a sequence; sizes may differ); returns (images, labels)."""
         if self.all_rotations:
-            labels = torch.arange(4).repeat_interleave(x.shape[0])
-            images = torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)])
+            labels = torch.arange(4).repeat_interleave(len(x))
         else:
-            labels = torch.randint(0, 4, (x.shape[0],), generator=generator)
-            images = torch.stack([torch.rot90(img, int(k), dims=(-2, -1)) for img, k in zip(x, labels)])
+            labels = torch.randint(0, 4, (len(x),), generator=generator)
+        images = [torch.rot90(x[i % len(x)], int(k), dims=(-2, -1)) for i, k in enumerate(labels)]
         return images, labels
 
 
