@@ -245,8 +245,7 @@ class MaskedLM(nn.Module):
 class LMMetrics:
     """Streaming loss per predicted token and accuracy of the predicted tokens (masked or next)."""
 
-    def __init__(self, prefix: str = ""):
-        self.prefix = prefix
+    def __init__(self):
         self.loss_sum, self.correct, self.count = 0.0, 0, 0
 
     def update(self, batch: dict[str, Any], outputs: dict[str, torch.Tensor]) -> None:
