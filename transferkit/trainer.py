@@ -87,7 +87,7 @@ class Trainer:
             One dict per epoch: ``epoch``, ``train_loss`` and ``val_*`` metrics.
         """
         task = as_task(model)
-        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = self._device()
         seed_everything(self.seed)
         train_examples = task.examples(train)
         val_examples = task.examples(val) if val is not None else None
@@ -144,9 +144,12 @@ class Trainer:
     def evaluate(self, model: nn.Module, data: Any) -> dict[str, float]:
         """Metrics of ``model`` on labelled ``data`` (streamed: predictions are not kept)."""
         task = as_task(model)
-        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = self._device()
         task.to(device)
         return self._evaluate(task, task.examples(data), device)
+
+    def _device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def _evaluate(self, task: nn.Module, examples: list, device: torch.device) -> dict[str, float]:
         if hasattr(examples, "__len__") and len(examples) == 0:
