@@ -13,6 +13,7 @@ Weights and data ship inside registry packages (``make assets``); nothing is dow
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from dataclasses import dataclass
@@ -151,6 +152,11 @@ def _logistic_regression(features_train, y_train, features_test, y_test, C: floa
 
 def newsgroups(settings: DemoSettings) -> tuple[tuple[list, list], tuple[list, list]]:
     """The four groups of 20 Newsgroups: the training pool and a fixed held-out test sample."""
+    return _newsgroups(settings.text_test_per_class)
+
+
+@functools.lru_cache(maxsize=1)  # both text families use it: read the 27 MB of files once
+def _newsgroups(test_per_class: int) -> tuple[tuple[list, list], tuple[list, list]]:
     from pathlib import Path
 
     from transferkit.backbones.assets import package_dir
@@ -162,7 +168,7 @@ def newsgroups(settings: DemoSettings) -> tuple[tuple[list, list], tuple[list, l
     keep = []
     for group in NEWSGROUPS:
         idx = [i for i, y in enumerate(test[1]) if y == group]
-        keep += rng.choice(idx, size=min(settings.text_test_per_class, len(idx)), replace=False).tolist()
+        keep += rng.choice(idx, size=min(test_per_class, len(idx)), replace=False).tolist()
     return train, ([test[0][i] for i in keep], [test[1][i] for i in keep])
 
 
