@@ -100,7 +100,9 @@ def _token_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.T
     target = labels[keep]
     logits = logits[keep] if logits.shape[:-1] == labels.shape else logits
     loss = F.cross_entropy(logits.float(), target) if len(target) else logits.sum() * 0.0
-    return {"loss": loss, "correct": (logits.argmax(-1) == target).sum(), "count": keep.sum()}
+    count = keep.sum()
+    # num_items: the Trainer weights this mean by it, so accumulated micro-batches give the large batch's loss.
+    return {"loss": loss, "correct": (logits.argmax(-1) == target).sum(), "count": count, "num_items": count}
 
 
 # --- masked language modelling --------------------------------------------------------------------------

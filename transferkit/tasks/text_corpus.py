@@ -100,9 +100,13 @@ class TextCorpus(IterableDataset):
         if not self.path.is_file():
             _check_corpus(self.path)
         rng = random.Random(self.seed + self._passes)
-        self._passes += 1
+        self._passes += 1  # in a worker this counts only the worker's copy: the Trainer calls set_epoch
         texts = (line for _, line in self._checked_lines() if line)
         yield from _shuffled(texts, self.shuffle_buffer, rng)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle pass ``epoch`` next (the Trainer calls this: worker copies cannot count passes)."""
+        self._passes = epoch
 
     def _checked_lines(self):
         try:
@@ -187,9 +191,13 @@ class SentencePairs(IterableDataset):
             if current:
                 yield current
 
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle pass ``epoch`` next (the Trainer calls this: worker copies cannot count passes)."""
+        self._passes = epoch
+
     def __iter__(self) -> Iterator[tuple[str, str, int]]:
         rng = random.Random(self.seed + self._passes)
-        self._passes += 1
+        self._passes += 1  # in a worker this counts only the worker's copy: the Trainer calls set_epoch
         info = get_worker_info()
         n = 0
         for docs in self._windows():

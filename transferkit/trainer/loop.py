@@ -1,20 +1,28 @@
-"""One small trainer for every task: AdamW, per-epoch evaluation, early stopping, progress bar, seeding.
+"""One small trainer for every task, on a laptop CPU, one GPU or many.
 
 It trains a *task* (a module whose ``forward(batch)`` returns a dict with ``loss``; see
 :mod:`transferkit.tasks`). A :class:`~transferkit.TransferModel` is wrapped in a
-:class:`~transferkit.tasks.ClassificationTask` automatically.
+:class:`~transferkit.tasks.ClassificationTask` automatically. The loop below reads top to bottom; each
+feature is a small helper beside it: :mod:`.precision` (bf16/fp16 autocast, loss scaling), :mod:`.optim`
+(AdamW/SGD, warm-up + linear/cosine schedules), :mod:`.strategies` (linear probe, gradual unfreezing,
+layer-wise LR decay, LP-FT), :mod:`.distributed` (data order, DDP), :mod:`.checkpoint` (exact resume),
+:mod:`.report` (CSV, TensorBoard, PNG report).
 
 Callbacks: ``callbacks={"on_epoch_end": [fn, ...]}``; each ``fn(trainer, state)`` is called with a dict
-``state`` (``epoch``, ``step``, ``loss``, ``metrics``...). Events: ``on_train_start``, ``on_step_end``,
-``on_epoch_end``, ``on_train_end``. Callbacks observe; they do not steer the loop.
+``state``. Events: ``on_train_start``, ``on_step_end``, ``on_epoch_end``, ``on_train_end``. Callbacks
+observe; they do not steer the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import random
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,9 +31,14 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from transferkit.errors import DataError
 
+from . import checkpoint, distributed
+from .optim import build_optimizer, build_scheduler
+from .precision import Precision
+
 EVENTS = ("on_train_start", "on_step_end", "on_epoch_end", "on_train_end")
 # Metrics where smaller is better; every other metric is maximised.
-MINIMISED = {"loss"}
+MINIMISED = {"loss", "perplexity"}
+BUILTIN_METRICS = ("accuracy", "macro_f1", "loss")
 
 
 @dataclass
@@ -33,37 +46,79 @@ class Trainer:
     """Fine-tune a model or train a task.
 
     Attributes:
-        epochs: passes over the training data (early stopping may end sooner).
-        batch_size: examples per optimiser step.
-        lr: AdamW learning rate for the backbone (and the head unless ``head_lr`` is set).
-        head_lr: learning rate for the head; a freshly initialised head usually wants a larger one than
-            a pretrained backbone (e.g. ``lr=5e-5, head_lr=1e-3``).
-        weight_decay: AdamW decoupled weight decay, applied to matrices only (not biases or norms).
+        epochs: passes over the training data (early stopping or ``max_steps`` may end sooner).
+        batch_size: examples per optimiser step, over all processes and accumulation steps together, so
+            changing ``accumulate`` or the number of processes does not change the updates.
+        accumulate: micro-batches per optimiser step (gradient accumulation): memory for
+            ``batch_size / accumulate`` examples at a time, the update of the whole batch. Losses are
+            weighted by the items they average over (tokens for language modelling, examples otherwise),
+            so the accumulated gradient equals the large batch's.
+        lr: learning rate of the backbone (and the head unless ``head_lr`` is set).
+        head_lr: learning rate of the head (and of pretext heads); a fresh head usually wants a larger
+            one than a pretrained backbone (e.g. ``lr=5e-5, head_lr=1e-3``).
+        optimizer: ``"adamw"`` (decoupled weight decay) or ``"sgd"`` (Nesterov momentum 0.9).
+        weight_decay: applied to matrices only (not biases or norms).
+        schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay after warm-up.
+        warmup: warm-up steps (int) or fraction of all steps (float below 1).
         max_grad_norm: gradient-norm clipping; ``None`` disables it.
-        metric: validation metric that selects the best epoch: ``"accuracy"``, ``"macro_f1"`` or ``"loss"``
-            (tasks that do not report it, such as pretext tasks, select on loss).
+        precision: ``"fp32"``, ``"bf16"`` (CUDA or CPU autocast), ``"fp16"`` (CUDA, with loss scaling) or
+            ``"auto"`` (bf16 on a GPU that supports it, else fp32).
+        strategy: fine-tuning strategy by name — ``"full"``, ``"linear_probe"``, ``"gradual_unfreeze"``,
+            ``"llrd"``, ``"lp_ft"``, ``"lp_ft_balanced"`` — or a ``Strategy`` (see :mod:`.strategies`).
+        lr_decay: layer-wise learning-rate decay: the top backbone layer group gets ``lr``, each lower
+            one ``lr_decay`` times the one above; combines with any strategy. ``None``: same lr throughout.
+        metric: validation metric that selects the best epoch: ``"accuracy"``, ``"macro_f1"``, ``"loss"``
+            or a name in ``metrics``. Tasks that do not report it select on loss.
+        metrics: extra validation metrics for classification, ``name → fn(confusion) -> float`` where
+            ``confusion[i, j]`` counts examples of class ``i`` predicted as ``j`` (a NumPy array). It is
+            accumulated batch by batch, so no prediction is kept, and any metric of the confusion matrix
+            (balanced accuracy, MCC, Cohen's kappa, per-class recall...) is exact.
         patience: stop after this many epochs without improvement; ``None`` trains all epochs. With
             validation data the best epoch's weights are restored either way.
-        seed: seeds Python, NumPy and torch and the data order, so a CPU run is repeatable.
-        device: ``"cuda"`` when available, else ``"cpu"``, unless given.
+        max_steps: stop after this many optimiser steps (needed for a schedule over a streamed corpus).
+        seed: seeds Python, NumPy, torch and the data order, so a CPU run is repeatable.
+        device: ``"cuda"`` when available, else ``"cpu"``, unless given (under ``torchrun`` each process
+            takes ``cuda:LOCAL_RANK``).
         eval_batch_size: batch size for evaluation.
         num_workers: DataLoader worker processes (preprocessing runs there).
+        output_dir: where checkpoints, ``metrics.csv`` and the report go; ``None`` writes nothing.
+        save_every: also checkpoint every this many optimiser steps (a checkpoint is written at the end
+            of every epoch when ``output_dir`` is set).
+        loggers: with ``output_dir``: any of ``"csv"``, ``"tensorboard"``, ``"report"`` (PNG curves and
+            confusion matrix at the end).
+        compile: ``torch.compile`` the task's forward pass: ``True`` or a backend name.
+        channels_last: channels-last memory format for convolutional image backbones; ``None`` turns it
+            on for CUDA.
         progress: show a progress bar.
         callbacks: event name → list of ``fn(trainer, state)``.
     """
 
     epochs: int = 3
     batch_size: int = 16
+    accumulate: int = 1
     lr: float = 5e-5
     head_lr: float | None = None
+    optimizer: str = "adamw"
     weight_decay: float = 0.01
+    schedule: str = "constant"
+    warmup: float = 0
     max_grad_norm: float | None = 1.0
+    precision: str = "fp32"
+    strategy: Any = "full"
+    lr_decay: float | None = None
     metric: str = "accuracy"
+    metrics: dict[str, Callable] = field(default_factory=dict)
     patience: int | None = None
+    max_steps: int | None = None
     seed: int = 0
     device: str | None = None
     eval_batch_size: int = 64
     num_workers: int = 0
+    output_dir: str | None = None
+    save_every: int | None = None
+    loggers: tuple[str, ...] = ("csv", "report")
+    compile: bool | str = False
+    channels_last: bool | None = None
     progress: bool = True
     callbacks: dict[str, list[Callable]] = field(default_factory=dict)
 
@@ -71,10 +126,13 @@ class Trainer:
         unknown = set(self.callbacks) - set(EVENTS)
         if unknown:
             raise ValueError(f"unknown callback events {sorted(unknown)}; events are {EVENTS}")
-        if self.metric not in ("accuracy", "macro_f1", "loss"):
-            raise ValueError(f"metric must be 'accuracy', 'macro_f1' or 'loss', got {self.metric!r}")
+        if self.metric not in (*BUILTIN_METRICS, *self.metrics):
+            raise ValueError(f"metric must be one of {BUILTIN_METRICS} or a name in metrics, got {self.metric!r}")
+        if self.accumulate < 1 or self.batch_size < self.accumulate:
+            raise ValueError(f"need 1 <= accumulate <= batch_size, got accumulate={self.accumulate}, "
+                             f"batch_size={self.batch_size}")
 
-    def fit(self, model: nn.Module, train: Any, val: Any = None) -> list[dict]:
+    def fit(self, model: nn.Module, train: Any, val: Any = None, resume: bool = False) -> list[dict]:
         """Train ``model`` (a TransferModel or a task) on ``train``; evaluate on ``val`` after each epoch.
 
         Args:
@@ -82,119 +140,302 @@ class Trainer:
             train: labelled data in any form :func:`transferkit.data.load_labelled` reads (for tasks, what
                 ``task.examples`` reads).
             val: held-out data for evaluation and early stopping, or ``None``.
+            resume: continue from the checkpoint in ``output_dir`` if there is one. On CPU with
+                ``num_workers=0`` the result is bitwise equal to an uninterrupted run.
 
         Returns:
-            One dict per epoch: ``epoch``, ``train_loss`` and ``val_*`` metrics.
+            One dict per epoch: ``epoch``, ``step``, ``train_loss``, ``lr``, ``seconds`` and ``val_*`` metrics.
         """
+        from .strategies import get_strategy
+
         task = as_task(model)
-        device = self._device()
+        world, device = distributed.setup(self.device)
         seed_everything(self.seed)
         train_examples = task.examples(train)
         val_examples = task.examples(val) if val is not None else None
         if hasattr(train_examples, "__len__") and len(train_examples) == 0:
             raise DataError("the training data is empty.")
+        strategy = get_strategy(self.strategy)
+        strategy.prepare(task, train_examples)
+        precision = Precision(self.precision, device)
         task.to(device)
-        loader = self._loader(task, train_examples, shuffle=True)
-        # The fused kernel updates all parameters in one pass: several times faster for large embedding
-        # matrices (MiniLM's 11.7M-parameter vocabulary) and numerically the same update.
-        optimizer = torch.optim.AdamW(self._param_groups(task), lr=self.lr, fused=device.type in ("cpu", "cuda"))
-        history: list[dict] = []
-        best, best_state, stale, step = None, None, 0, 0
-        steps = len(loader) if hasattr(train_examples, "__len__") else None  # streamed corpora have no length
-        self._emit("on_train_start", {"epochs": self.epochs, "steps_per_epoch": steps})
-        for epoch in range(1, self.epochs + 1):
-            task.train()
-            total, count = 0.0, 0
-            for batch in self._bar(loader, f"epoch {epoch}/{self.epochs}"):
-                batch = to_device(batch, device)
-                loss = task(batch)["loss"]
-                value = loss.item()
-                if not math.isfinite(value):  # before the step, so the weights stay usable
-                    raise FloatingPointError(f"loss became {value} at step {step + 1}: lower the learning rate.")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(task.parameters(), self.max_grad_norm)
-                optimizer.step()
-                step += 1
-                total, count = total + value, count + 1
-                self._emit("on_step_end", {"epoch": epoch, "step": step, "loss": value})
-            record = {"epoch": epoch, "train_loss": total / max(1, count)}
-            if val_examples is not None:
-                metrics = self._evaluate(task, val_examples, device)
-                record.update({f"val_{k}": v for k, v in metrics.items()})
-                # Tasks without the chosen metric (pretext tasks report loss) select on loss.
-                name = self.metric if self.metric in metrics else "loss"
-                score = metrics[name]
-                if best is None or (score < best if name in MINIMISED else score > best):
-                    best, stale = score, 0
-                    best_state = {k: v.detach().clone() for k, v in task.state_dict().items()}
-                else:
-                    stale += 1
-            history.append(record)
-            self._emit("on_epoch_end", {"epoch": epoch, "step": step, "metrics": record})
-            if self.patience is not None and stale > self.patience:
+        channels_last = self._channels_last(task, device)
+        if channels_last:
+            task.to(memory_format=torch.channels_last)
+        groups = strategy.param_groups(task, lr=self.lr, head_lr=self.head_lr, weight_decay=self.weight_decay,
+                                       lr_decay=self.lr_decay)
+        optimizer = build_optimizer(self.optimizer, groups, self.lr, device)
+        steps = None if isinstance(train_examples, IterableDataset) else distributed.steps_per_epoch(
+            len(train_examples), self.batch_size, self.accumulate, world)
+        total = self.max_steps or (steps * self.epochs if steps else None)
+        scheduler = build_scheduler(optimizer, self.schedule, self.warmup, total)
+        run = _Run()
+        output = Path(self.output_dir) if self.output_dir else None
+        saved = checkpoint.find(output) if resume and output else None
+        if resume and output is None:
+            raise ValueError("resume=True needs output_dir, where the checkpoint is.")
+        if saved is not None:
+            state, run.best_state = checkpoint.load(saved, task, optimizer)
+            scheduler.load_state_dict(state["scheduler"])
+            precision.load_state_dict(state["scaler"])
+            run.load(state)
+        callbacks = self._callbacks(output, world)
+        self._emit(callbacks, "on_train_start", {"epochs": self.epochs, "steps_per_epoch": steps,
+                                                 "output_dir": self.output_dir})
+        stop = run.step >= (self.max_steps or math.inf)
+        for epoch in range(run.epoch, self.epochs + 1):
+            if stop:
                 break
-        if best_state is not None:
-            task.load_state_dict(best_state)
+            run.start_epoch(epoch)
+            task.train()
+            strategy.apply(task, epoch)
+            forward = self._forward(task, world)
+            # Once the data is at the saved position, the random state is restored too.
+            ready = (lambda path=saved, state=state: checkpoint.restore_rng(path, state)) if saved else None
+            saved = None
+            data = self._steps(task, train_examples, epoch, run.epoch_step, world, device, ready)
+            for batches in self._bar(data, f"epoch {epoch}/{self.epochs}", world, steps, run.epoch_step):
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+                loss, items = self._step(forward, batches, optimizer, precision, task, world, device, channels_last)
+                scheduler.step()
+                run.step, run.epoch_step = run.step + 1, run.epoch_step + 1
+                run.loss_sum, run.items = run.loss_sum + loss * items, run.items + items
+                if output is not None and world.main and self.save_every and run.step % self.save_every == 0:
+                    self._save(output, task, optimizer, scheduler, precision, run, next_epoch=False)
+                self._emit(callbacks, "on_step_end", {"epoch": epoch, "step": run.step, "loss": loss, "lr": lr})
+                stop = run.step >= (self.max_steps or math.inf)
+                if stop:
+                    break
+            record = {"epoch": epoch, "step": run.step,
+                      "train_loss": distributed.all_sum(run.loss_sum, world, device) /
+                      max(1.0, distributed.all_sum(run.items, world, device)),
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": run.seconds()}
+            if val_examples is not None:
+                metrics, confusion = self._evaluate(task, val_examples, device, precision, channels_last)
+                record.update({f"val_{k}": v for k, v in metrics.items()})
+                run.judge(metrics, self.metric, task, confusion)
+            run.history.append(record)
+            self._emit(callbacks, "on_epoch_end", {"epoch": epoch, "step": run.step, "metrics": record,
+                                                   "seconds": record["seconds"]})
+            if output is not None and world.main:
+                self._save(output, task, optimizer, scheduler, precision, run, next_epoch=True)
+            if self.patience is not None and run.stale > self.patience:
+                break
+        if run.best_state is not None:
+            task.load_state_dict(run.best_state)
         task.eval()
-        self._emit("on_train_end", {"history": history, "best": best})
-        return history
+        head = getattr(getattr(task, "model", None), "head", None)
+        self._emit(callbacks, "on_train_end", {"history": run.history, "best": run.best,
+                                               "output_dir": self.output_dir, "confusion": run.confusion,
+                                               "labels": getattr(head, "labels", None)})
+        return run.history
 
     def evaluate(self, model: nn.Module, data: Any) -> dict[str, float]:
         """Metrics of ``model`` on labelled ``data`` (streamed: predictions are not kept)."""
         task = as_task(model)
         device = self._device()
         task.to(device)
-        return self._evaluate(task, task.examples(data), device)
+        return self._evaluate(task, task.examples(data), device, Precision(self.precision, device),
+                              self._channels_last(task, device))[0]
 
-    def _device(self) -> torch.device:
-        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # -- one optimiser step -------------------------------------------------------------------------
 
-    def _evaluate(self, task: nn.Module, examples: list, device: torch.device) -> dict[str, float]:
+    def _step(self, forward, batches: list, optimizer, precision: Precision, task: nn.Module,
+              world: distributed.World, device: torch.device, channels_last: bool) -> tuple[float, float]:
+        """Forward and backward over the step's micro-batches, then one update; returns (mean loss, items)."""
+        weighted = len(batches) > 1 or world.size > 1
+        loss_sum, items = torch.zeros((), device=device), 0.0
+        for i, batch in enumerate(batches):
+            batch = to_device(batch, device, channels_last)
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(forward, "no_sync") else forward.no_sync()
+            with sync:
+                with precision.autocast():
+                    out = forward(batch)
+                n = out.get("num_items")
+                n = float(n) if n is not None else float(batch_len(batch))
+                loss = out["loss"]
+                # Weighted by its items, each micro-batch adds its share of the large batch's mean loss.
+                precision.backward(loss * n if weighted else loss)
+            loss_sum, items = loss_sum + loss.detach().float() * n, items + n
+        value = float(loss_sum) / max(items, 1.0)
+        if not math.isfinite(value):  # before the update, so the weights stay usable
+            optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"loss became {value}: lower the learning rate.")
+        precision.unscale(optimizer)
+        params = [p for p in task.parameters() if p.grad is not None]
+        if weighted:  # DDP averaged over processes: undo that, divide by all items instead
+            total = distributed.all_sum(items, world, device)
+            torch._foreach_mul_([p.grad for p in params], world.size / max(total, 1.0))
+        if self.max_grad_norm is not None and params:
+            nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        precision.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        return value, items
+
+    # -- data ---------------------------------------------------------------------------------------
+
+    def _steps(self, task, examples, epoch: int, start: int, world: distributed.World, device: torch.device,
+               ready: Callable | None = None) -> Iterator[list]:
+        """This process's micro-batches, a list per optimiser step, from step ``start`` of ``epoch``.
+
+        ``ready()`` is called once the data is positioned, before the first batch is collated.
+        """
+        ready = ready or (lambda: None)
+        pin = device.type == "cuda"
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)  # DataLoader worker seeds
+        if hasattr(examples, "set_epoch"):
+            examples.set_epoch(epoch)
+        if isinstance(examples, IterableDataset):  # streamed: read in order, never held in memory
+            per = self.accumulate * world.size
+            loader = DataLoader(examples, batch_size=-(-self.batch_size // per), collate_fn=task.collate,
+                                num_workers=self.num_workers, pin_memory=pin, generator=generator)
+            it = iter(loader)
+            for _ in itertools.islice(it, start * per):  # a stream cannot seek: skipped steps are read again
+                pass
+            ready()
+            while True:
+                group = list(itertools.islice(it, per))
+                if not group or (world.size > 1 and len(group) < per):
+                    return
+                yield group[world.rank * self.accumulate:(world.rank + 1) * self.accumulate]
+        order = distributed.permutation(len(examples), self.seed, epoch)
+        plan = list(distributed.micro_batches(order, self.batch_size, self.accumulate, world, start))
+        loader = DataLoader(examples, batch_sampler=[m for step in plan for m in step], collate_fn=task.collate,
+                            num_workers=self.num_workers, pin_memory=pin, generator=generator)
+        it = iter(loader)
+        ready()
+        for micros in plan:
+            yield [next(it) for _ in micros]
+
+    def _evaluate(self, task: nn.Module, examples, device: torch.device,
+                  precision: Precision, channels_last: bool) -> tuple[dict[str, float], torch.Tensor | None]:
         if hasattr(examples, "__len__") and len(examples) == 0:
             raise DataError("the evaluation data is empty.")
         was_training = task.training
         task.eval()
         metrics = task.metrics()
+        loader = DataLoader(examples, batch_size=self.eval_batch_size, collate_fn=task.collate,
+                            num_workers=self.num_workers, pin_memory=device.type == "cuda")
         with torch.no_grad():
-            for batch in self._loader(task, examples, shuffle=False, batch_size=self.eval_batch_size):
-                batch = to_device(batch, device)
-                metrics.update(batch, task(batch))
+            for batch in loader:
+                batch = to_device(batch, device, channels_last)
+                with precision.autocast():
+                    metrics.update(batch, task(batch))
         task.train(was_training)
-        return metrics.compute()
+        result = metrics.compute()
+        confusion = getattr(metrics, "confusion", None)
+        for name, fn in self.metrics.items():
+            if confusion is None:
+                raise ValueError(f"custom metric {name!r} needs a confusion matrix, which this task "
+                                 f"({type(task).__name__}) does not compute; custom metrics are for classification.")
+            result[name] = float(fn(confusion.cpu().numpy()))
+        return result, confusion
 
-    def _loader(self, task, examples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
-        batch_size = batch_size or self.batch_size
-        if isinstance(examples, IterableDataset):  # streamed from disk: read in order, never held in memory
-            return DataLoader(examples, batch_size=batch_size, collate_fn=task.collate, num_workers=self.num_workers)
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=task.collate,
-                          num_workers=self.num_workers, generator=generator)
+    # -- small helpers ------------------------------------------------------------------------------
 
-    def _param_groups(self, task: nn.Module) -> list[dict]:
-        head = getattr(getattr(task, "model", None), "head", None)
-        head_ids = {id(p) for p in head.parameters()} if head is not None and self.head_lr else set()
-        groups: dict[tuple[bool, bool], list] = {}
-        for p in task.parameters():
-            if p.requires_grad:
-                groups.setdefault((id(p) in head_ids, p.ndim >= 2), []).append(p)
-        if not groups:
-            raise ValueError("nothing to train: every parameter is frozen. Unfreeze the backbone or add a head.")
-        return [{"params": ps, "lr": self.head_lr if is_head else self.lr,
-                 "weight_decay": self.weight_decay if decay else 0.0}
-                for (is_head, decay), ps in groups.items()]
+    def _device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    def _bar(self, loader, desc: str):
-        if not self.progress:
-            return loader
+    def _channels_last(self, task: nn.Module, device: torch.device) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in task.modules())
+
+    def _forward(self, task: nn.Module, world: distributed.World):
+        """The callable that runs the forward pass: the task, under DDP and ``torch.compile`` as asked."""
+        forward = task
+        if world.size > 1:
+            # Wrapped again each epoch: a strategy may have changed which parameters train, and DDP
+            # registers its gradient hooks at construction.
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = next(task.parameters()).device
+            forward = DistributedDataParallel(task, device_ids=[dev] if dev.type == "cuda" else None)
+        if self.compile:
+            backend = self.compile if isinstance(self.compile, str) else "inductor"
+            compiled = torch.compile(forward, backend=backend)
+            if hasattr(forward, "no_sync"):
+                compiled.no_sync = forward.no_sync
+            forward = compiled
+        return forward
+
+    def _save(self, output: Path, task, optimizer, scheduler, precision, run: "_Run", next_epoch: bool) -> None:
+        position = run.state(next_epoch)
+        checkpoint.save(output, task, optimizer, run.best_state,
+                        {**position, "scheduler": scheduler.state_dict(), "scaler": precision.state_dict()})
+
+    def _callbacks(self, output: Path | None, world: distributed.World) -> dict[str, list[Callable]]:
+        merged = {event: list(self.callbacks.get(event, [])) for event in EVENTS}
+        if output is not None and world.main and self.loggers:
+            from .report import loggers
+
+            for event, fns in loggers(self.loggers, output).items():
+                merged[event] += fns
+        return merged
+
+    def _bar(self, steps, desc: str, world: distributed.World, total: int | None, initial: int):
+        if not self.progress or not world.main:
+            return steps
         from tqdm.auto import tqdm
 
-        return tqdm(loader, desc=desc, leave=False)
+        return tqdm(steps, desc=desc, leave=False, total=total, initial=initial)
 
-    def _emit(self, event: str, state: dict) -> None:
-        for fn in self.callbacks.get(event, []):
+    def _emit(self, callbacks: dict[str, list[Callable]], event: str, state: dict) -> None:
+        for fn in callbacks.get(event, []):
             fn(self, state)
+
+
+@dataclass
+class _Run:
+    """Where training is: what a checkpoint records besides weights and optimiser."""
+
+    epoch: int = 1
+    epoch_step: int = 0  # optimiser steps done in the current epoch
+    step: int = 0
+    loss_sum: float = 0.0
+    items: float = 0.0
+    elapsed: float = 0.0  # seconds of the current epoch before a resume
+    history: list = field(default_factory=list)
+    best: float | None = None
+    stale: int = 0
+    best_state: dict | None = None
+    confusion: Any = None
+    started: float = 0.0
+
+    def start_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.epoch_step, self.loss_sum, self.items, self.elapsed = epoch, 0, 0.0, 0.0, 0.0
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.elapsed + time.perf_counter() - self.started
+
+    def judge(self, metrics: dict, metric: str, task: nn.Module, confusion) -> None:
+        """Keep the weights of the best epoch so far."""
+        name = metric if metric in metrics else "loss"  # pretext tasks report loss
+        score = metrics[name]
+        if self.best is None or (score < self.best if name in MINIMISED else score > self.best):
+            self.best, self.stale = score, 0
+            self.best_state = {k: v.detach().clone() for k, v in task.state_dict().items()}
+            self.confusion = confusion.clone() if confusion is not None else None
+        else:
+            self.stale += 1
+
+    def state(self, next_epoch: bool) -> dict:
+        if next_epoch:
+            position = {"epoch": self.epoch + 1, "epoch_step": 0, "loss_sum": 0.0, "items": 0.0, "elapsed": 0.0}
+        else:
+            position = {"epoch": self.epoch, "epoch_step": self.epoch_step, "loss_sum": self.loss_sum,
+                        "items": self.items, "elapsed": self.seconds()}
+        confusion = self.confusion.tolist() if self.confusion is not None else None
+        return {**position, "step": self.step, "history": self.history, "best": self.best, "stale": self.stale,
+                "confusion": confusion}
+
+    def load(self, state: dict) -> None:
+        for name in ("epoch", "epoch_step", "step", "loss_sum", "items", "elapsed", "history", "best", "stale"):
+            setattr(self, name, state[name])
+        self.confusion = torch.tensor(state["confusion"]) if state.get("confusion") is not None else None
 
 
 def as_task(model: nn.Module) -> nn.Module:
@@ -206,12 +447,27 @@ def as_task(model: nn.Module) -> nn.Module:
     return ClassificationTask(model)
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.ndim == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
     if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
     return batch
+
+
+def batch_len(batch: Any) -> int:
+    """Examples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        for value in batch.values():
+            n = batch_len(value)
+            if n:
+                return n
+    return 0
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,138 @@
+"""Training checkpoints that resume exactly: weights, optimiser, schedule, loss scale, RNG and data position.
+
+Layout of ``OUTPUT/checkpoint/`` (written to a temporary directory, then renamed over the previous one,
+so a run killed while saving still has its last good checkpoint):
+
+* ``model.safetensors`` — the task's weights (backbone, head, pretext head);
+* ``optimizer.safetensors`` — every tensor of the optimiser state (``state.<param>.<name>``);
+* ``best.safetensors`` — the best validation weights so far (early stopping restores them), if any;
+* ``rng.safetensors`` — torch CPU and CUDA generator states;
+* ``state.json`` — epoch, step, position in the epoch, history, optimiser hyper-parameters, schedule,
+  loss scaler, Python and NumPy generator states.
+
+Nothing is pickled: loading executes no code from the files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.errors import CheckpointError
+
+NAME = "checkpoint"
+
+
+def save(directory: Path, task: nn.Module, optimizer: torch.optim.Optimizer, best_state: dict | None,
+         state: dict[str, Any]) -> Path:
+    """Write a checkpoint to ``directory / "checkpoint"`` atomically; returns its path."""
+    from safetensors.torch import save_file, save_model
+
+    from transferkit.model import _replace_dir
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{NAME}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_model(task, str(tmp / "model.safetensors"))
+        tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        if best_state is not None:
+            save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, str(tmp / "rng.safetensors"))
+        np_state = np.random.get_state()
+        meta = {**state, "optimizer_groups": groups,
+                "python_rng": _jsonable(random.getstate()),
+                "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+        (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+        _replace_dir(tmp, directory / NAME)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory / NAME
+
+
+def find(directory: Path) -> Path | None:
+    """The checkpoint in ``directory``; also one left aside by a save that was killed mid-rename."""
+    path = Path(directory) / NAME
+    if (path / "state.json").is_file():
+        return path
+    leftovers = sorted(Path(directory).glob(f".{NAME}.old-*/state.json"))
+    return leftovers[0].parent if leftovers else None
+
+
+def load(path: Path, task: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict | None]:
+    """Restore weights and optimiser from ``path``; returns (state.json contents, best weights or None).
+
+    RNG states are *not* applied here: call :func:`restore_rng` once the data position is reached.
+    """
+    from safetensors.torch import load_file, load_model
+
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        missing, unexpected = load_model(task, str(path / "model.safetensors"), strict=False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot resume from {path}: {e}. Delete it to start afresh.") from e
+    if missing or unexpected:
+        raise CheckpointError(f"cannot resume from {path}: it holds another model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}). Use another output directory or resume=False.")
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("optimizer_groups")))
+    except ValueError as e:
+        raise CheckpointError(f"cannot resume from {path}: the optimiser does not match ({e}); the strategy "
+                              "or trainable parameters changed since it was written.") from e
+    best = path / "best.safetensors"
+    return state, (load_file(str(best)) if best.is_file() else None)
+
+
+def restore_rng(path: Path, state: dict) -> None:
+    from safetensors.torch import load_file
+
+    rng = load_file(str(Path(path) / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    cuda = [rng[k] for k in sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, inner, gauss = state["python_rng"]
+    random.setstate((version, tuple(inner), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    tensors = {}
+    for index, entries in sd["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
+            elif value is not None:
+                tensors[f"state.{index}.{name}"] = torch.tensor(value)
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": groups}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
