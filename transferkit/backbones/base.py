@@ -8,15 +8,22 @@ A :class:`Backbone` is two parts composed (no subclass per source):
 
 Its ``config`` is a JSON-serialisable dict recording the source, architecture and preprocessing, so that
 ``save_pretrained`` / ``from_pretrained`` can rebuild it offline.
+
+Its :meth:`~Backbone.layer_groups` split it into ordered parts (embeddings or stem first, the last block
+last); :meth:`~Backbone.set_trainable` freezes all but the top ones, which is what linear probing,
+gradual unfreezing and LP-FT are made of (see :mod:`transferkit.trainer.strategies`).
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+
+from .layers import LayerGroup, split_blocks
 
 
 @dataclass
@@ -54,7 +61,8 @@ class Backbone(nn.Module):
         self.encoder = encoder
         self.preprocessor = preprocessor
         self.config = config
-        self.frozen = False
+        # How many of the top layer groups learn: None = all, 0 = none (frozen).
+        self.trainable_top: int | None = None
 
     @property
     def modality(self) -> str:
@@ -87,27 +95,62 @@ class Backbone(nn.Module):
         self.train(was_training)
         return pooled
 
+    @property
+    def frozen(self) -> bool:
+        """True when no parameter of the backbone learns (``freeze()`` or ``set_trainable(0)``)."""
+        return self.trainable_top == 0
+
+    def layer_groups(self) -> list[LayerGroup]:
+        """The backbone's parts, ordered input → output: embeddings or stem first, the last block last.
+
+        Every parameter is in exactly one group. The encoder's own ``layer_groups()`` is used when it
+        has one (word vectors: a single group); otherwise the blocks are found from the network's
+        structure (:func:`transferkit.backbones.layers.split_blocks`).
+        """
+        own = getattr(self.encoder, "layer_groups", None)
+        if callable(own):
+            return own()
+        return split_blocks(self.encoder, first="embeddings" if self.modality == "text" else "stem")
+
+    def set_trainable(self, top: int | None) -> "Backbone":
+        """Train only the top ``top`` layer groups; ``None`` trains everything, ``0`` nothing.
+
+        Frozen groups get ``requires_grad=False`` and stay in eval mode even inside ``train()``: their
+        BatchNorm statistics do not move and their dropout is off, so they are a fixed function.
+        """
+        if top is not None and operator.index(top) < 0:
+            raise ValueError(f"top must be None or an int >= 0, got {top!r}")
+        groups = self.layer_groups()
+        self.trainable_top = None if top is None or top >= len(groups) else top
+        trainable = {id(p) for g in self._trainable_groups(groups)[1] for p in g.params}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in trainable)
+        return self.train(self.training)
+
     def freeze(self) -> "Backbone":
         """Stop all learning: no gradients, and BatchNorm statistics / dropout stay in eval mode."""
-        self.frozen = True
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self.train(self.training)
+        return self.set_trainable(0)
 
     def unfreeze(self) -> "Backbone":
         """Make every parameter trainable again."""
-        self.frozen = False
-        for p in self.parameters():
-            p.requires_grad_(True)
-        return self.train(self.training)
+        return self.set_trainable(None)
 
     def train(self, mode: bool = True) -> "Backbone":
-        # A frozen backbone is a fixed function: BatchNorm must not update running statistics
+        # A frozen part is a fixed function: BatchNorm must not update running statistics
         # (the transformers #24479 complaint) and dropout must not perturb features.
         super().train(mode)
-        if self.frozen:
+        if mode and self.trainable_top == 0:
             self.encoder.eval()
+        elif mode and self.trainable_top is not None:
+            for group in self._trainable_groups(self.layer_groups())[0]:
+                for module in group.modules:
+                    module.eval()
         return self
+
+    def _trainable_groups(self, groups: list[LayerGroup]) -> tuple[list[LayerGroup], list[LayerGroup]]:
+        """(frozen groups, trainable groups) under ``trainable_top``."""
+        cut = 0 if self.trainable_top is None else len(groups) - self.trainable_top
+        return groups[:cut], groups[cut:]
 
     def save_pretrained(self, directory, metrics: dict | None = None):
         """Save weights, config and preprocessing files; ``load_backbone(directory)`` reads them back."""

@@ -27,6 +27,7 @@ from torch import nn
 from transferkit.errors import BackboneFileNotFoundError, InputError
 
 from .base import Backbone, Features
+from .layers import LayerGroup
 from .registry import register_backbone, register_source
 
 TOKEN_PATTERN = r"\w+(?:'\w+)?|[^\w\s]"
@@ -122,6 +123,10 @@ class WordVectorEncoder(nn.Module):
             mx = torch.where(mask.sum(1) > 0, mx, torch.zeros_like(mx))
             pooled = mx if self.pooling == "max" else torch.cat([mean, mx], dim=-1)
         return Features(pooled=pooled, tokens=tokens, mask=attention_mask)
+
+    def layer_groups(self) -> list[LayerGroup]:
+        """One group: the vectors (and fastText n-gram vectors) learn or stay fixed together."""
+        return [LayerGroup("embeddings", [self], list(self.parameters()))]
 
 
 def from_vectors(vocab: list[str], vectors: np.ndarray, *, source: str, name: str, pooling: str = "mean",

@@ -61,7 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-5, help="backbone learning rate (default 5e-5)")
     p.add_argument("--head-lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
-    p.add_argument("--freeze", action="store_true", help="freeze the backbone (train the head only)")
+    p.add_argument("--freeze", action="store_true", help="freeze the backbone (same as --strategy linear_probe)")
+    p.add_argument("--strategy", default="full", help="full, linear_probe, gradual_unfreeze, llrd, lp_ft or "
+                                                      "lp_ft_balanced (default full)")
+    p.add_argument("--lr-decay", type=float, help="layer-wise learning-rate decay per layer group, e.g. 0.8")
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (--batch-size is the total)")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    p.add_argument("--schedule", default="constant", choices=["constant", "linear", "cosine"])
+    p.add_argument("--warmup", type=float, default=0, help="warm-up steps, or a fraction of all steps if < 1")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--run-dir", help="checkpoints, metrics.csv and the PNG report (default: OUTPUT.run)")
+    p.add_argument("--save-every", type=int, help="also checkpoint every N steps (always at epoch ends)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in --run-dir")
     p.add_argument("--hidden", type=int, help="hidden layer width of the head (default: linear head)")
     p.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1", "loss"])
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
@@ -134,12 +148,19 @@ def _finetune(args: argparse.Namespace) -> int:
         backbone.freeze()
     head = tk.heads.Classification(num_classes, labels=names, hidden=args.hidden)
     model = tk.TransferModel(backbone, head)
-    trainer = tk.Trainer(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+    # Training state lives beside the model: save_pretrained replaces --output as a whole.
+    run_dir = args.run_dir or f"{args.output.rstrip('/')}.run"
+    trainer = tk.Trainer(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+                         head_lr=args.head_lr, optimizer=args.optimizer, schedule=args.schedule, warmup=args.warmup,
+                         precision=args.precision, strategy=args.strategy, lr_decay=args.lr_decay,
                          metric=args.metric, patience=args.patience, seed=args.seed, device=args.device,
+                         num_workers=args.num_workers, compile=args.compile, output_dir=run_dir,
+                         save_every=args.save_every,
+                         loggers=("csv", "report") + (("tensorboard",) if args.tensorboard else ()),
                          progress=not args.no_progress)
     print(f"fine-tuning {args.backbone} on {len(train)} examples ({num_classes} classes)"
-          + (f", validating on {len(val)}" if val is not None else ""), flush=True)
-    history = trainer.fit(model, train, val)
+          + (f", validating on {len(val)}" if val is not None else "") + f"; run state in {run_dir}", flush=True)
+    history = trainer.fit(model, train, val, resume=args.resume)
     for record in history:
         print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
     best = {}

@@ -18,12 +18,17 @@ class ClassificationTask(nn.Module):
         model: the model; its head's ``labels`` (if any) map label names to class ids. A head without
             names takes them from the first training data whose labels are strings.
         label_smoothing: passed to the cross-entropy loss.
+        class_weights: ``[num_classes]`` weights of the training loss (the ``weight=`` of the
+            cross-entropy), e.g. class-balanced weights for imbalanced labels; ``None`` weighs all classes
+            alike. Evaluation losses are never weighted, so they stay comparable across epochs. A
+            fine-tuning strategy may set it per epoch (:mod:`transferkit.trainer.strategies`).
     """
 
-    def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.label_smoothing = label_smoothing
+        self.class_weights = class_weights
 
     def examples(self, data: Any) -> list[tuple[Any, int]]:
         """(raw input, class id) pairs; raises :class:`~transferkit.errors.DataError` when labels don't fit."""
@@ -45,7 +50,10 @@ class ClassificationTask(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = self.model(**batch["inputs"])["logits"]
-        loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.label_smoothing)
+        weight = None
+        if self.class_weights is not None and self.training:
+            weight = torch.as_tensor(self.class_weights, dtype=torch.float32, device=logits.device)
+        loss = F.cross_entropy(logits.float(), batch["labels"], weight=weight, label_smoothing=self.label_smoothing)
         return {"loss": loss, "logits": logits}
 
     def metrics(self) -> "ClassificationMetrics":

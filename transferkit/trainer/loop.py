@@ -195,7 +195,7 @@ class Trainer:
             saved = None
             data = self._steps(task, train_examples, epoch, run.epoch_step, world, device, ready)
             for batches in self._bar(data, f"epoch {epoch}/{self.epochs}", world, steps, run.epoch_step):
-                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+                lr = self._lr(optimizer)  # the rate this step used
                 loss, items = self._step(forward, batches, optimizer, precision, task, world, device, channels_last)
                 scheduler.step()
                 run.step, run.epoch_step = run.step + 1, run.epoch_step + 1
@@ -209,7 +209,7 @@ class Trainer:
             record = {"epoch": epoch, "step": run.step,
                       "train_loss": distributed.all_sum(run.loss_sum, world, device) /
                       max(1.0, distributed.all_sum(run.items, world, device)),
-                      "lr": optimizer.param_groups[0]["lr"], "seconds": run.seconds()}
+                      "lr": self._lr(optimizer), "seconds": run.seconds()}
             if val_examples is not None:
                 metrics, confusion = self._evaluate(task, val_examples, device, precision, channels_last)
                 record.update({f"val_{k}": v for k, v in metrics.items()})
@@ -221,6 +221,7 @@ class Trainer:
                 self._save(output, task, optimizer, scheduler, precision, run, next_epoch=True)
             if self.patience is not None and run.stale > self.patience:
                 break
+        strategy.finish(task)  # gives back the trainable parts the backbone had before fit
         if run.best_state is not None:
             task.load_state_dict(run.best_state)
         task.eval()
@@ -336,6 +337,11 @@ class Trainer:
 
     def _device(self) -> torch.device:
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def _lr(self, optimizer) -> float:
+        """``lr`` as scheduled now (the top backbone group's rate; lower groups are scaled by lr_decay)."""
+        group = optimizer.param_groups[0]
+        return self.lr * group["lr"] / group["initial_lr"] if group["initial_lr"] else group["lr"]
 
     def _channels_last(self, task: nn.Module, device: torch.device) -> bool:
         if self.channels_last is not None:

@@ -1,0 +1,268 @@
+"""Fine-tuning strategies: which parts of a backbone learn, when, and how fast.
+
+Choose one by name (``get_strategy("lp_ft")``) or build one (``lp_ft(probe_epochs=2)``). Every strategy
+works with every backbone, because backbones split themselves into ordered layer groups
+(:meth:`transferkit.Backbone.layer_groups`: embeddings or stem first, the last block last).
+
+Which one when:
+
+* ``"full"`` — every parameter learns from the first step. The default, and the strongest when the
+  labelled data is plentiful and close to the pretraining data.
+* ``"linear_probe"`` — the backbone stays frozen; only the head learns. Cheapest, cannot overfit the
+  backbone, and the right choice for very small data, for word vectors you want to keep intact, or as a
+  baseline that tells how much fine-tuning adds.
+* ``"gradual_unfreeze"`` — epoch 1 trains the head only, then one more layer group from the top every
+  ``every`` epochs until all learn (ULMFiT: Howard & Ruder 2018, "Universal Language Model Fine-tuning
+  for Text Classification", arXiv 1801.06146). Guards pretrained lower layers against the large,
+  noisy gradients of a fresh head ("catastrophic forgetting"); useful for small text datasets.
+* ``"lp_ft"`` — linear probe for ``probe_epochs``, then full fine-tuning (Kumar et al. 2022,
+  "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution", arXiv 2202.10054).
+  A head that already fits keeps fine-tuning from distorting the features; it helps most when the test
+  data may drift from the training data.
+* ``"lp_ft_balanced"`` — LP-FT whose probe stage uses a class-balanced loss (the two-stage fine-tuning of
+  ValizadehAslani et al. 2022, "Two-Stage Fine-Tuning: A Novel Strategy for Learning Class-Imbalanced
+  Data", arXiv 2207.10858), so the head learns rare classes before the backbone moves. For imbalanced
+  labels. The weights are the "effective number of samples" weights of Cui et al. 2019 ("Class-Balanced
+  Loss Based on Effective Number of Samples", arXiv 1901.05555).
+* ``"llrd"`` — full fine-tuning with layer-wise learning-rate decay 0.8: the top group learns at ``lr``,
+  each group below at 0.8 times the one above (ULMFiT's discriminative fine-tuning; the layer-wise decay
+  of ELECTRA, Clark et al. 2020, arXiv 2003.10555, and BEiT). Any strategy takes a decay through
+  ``param_groups(..., lr_decay=...)``.
+
+The trainer calls :meth:`Strategy.prepare` once, :meth:`Strategy.param_groups` to build the optimiser
+over *all* parameters (frozen ones included, since they may be unfrozen later), :meth:`Strategy.apply`
+at the start of every epoch after ``task.train()``, and :meth:`Strategy.finish` after the last epoch.
+A strategy never unfreezes what the user froze before training (``backbone.freeze()``): it decides
+when the groups the user left trainable learn.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+_STRATEGIES: dict[str, Callable[..., "Strategy"]] = {}
+
+
+@dataclass
+class Strategy:
+    """A fine-tuning plan: how many top layer groups learn in each epoch, learning rates per group.
+
+    Attributes:
+        name: registry name, for logs.
+        schedule: ``epoch (1-based) -> top``: how many top layer groups of the backbone learn in that
+            epoch; ``None`` for all, ``0`` for the head only.
+        lr_decay: layer-wise learning-rate decay; ``None`` gives every backbone group the same rate.
+        balanced_epochs: epochs ``1..balanced_epochs`` weight the loss by class-balanced weights.
+        beta: the effective-number hyper-parameter of the class-balanced weights (Cui et al. 2019);
+            0 gives equal weights, values towards 1 approach inverse class frequency.
+    """
+
+    name: str
+    schedule: Callable[[int], int | None]
+    lr_decay: float | None = None
+    balanced_epochs: int = 0
+    beta: float = 0.999
+    # Filled by prepare(): the class-balanced weights; the task's own weights and the backbone's own
+    # trainable_top, which apply() never exceeds and finish() restores.
+    weights: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _task_weights: Any = field(default=None, init=False, repr=False)
+    _start_top: int | None = field(default=None, init=False, repr=False)
+
+    def param_groups(self, task: nn.Module, lr: float, head_lr: float | None = None, weight_decay: float = 0.0,
+                     lr_decay: float | None = None) -> list[dict]:
+        """Optimiser parameter groups over every parameter of ``task``.
+
+        Backbone group ``i`` of ``n`` gets ``lr * lr_decay ** (n - 1 - i)`` (``lr`` without decay);
+        everything else in the task (the head) gets ``head_lr or lr``. Biases and norm weights
+        (``ndim < 2``) get no weight decay. Frozen parameters are included: they get no gradient, so
+        the optimiser skips them until they are unfrozen.
+
+        Args:
+            lr_decay: overrides the strategy's own ``lr_decay`` when given.
+
+        Returns:
+            dicts with ``params``, ``lr``, ``weight_decay`` and ``name`` (for logs), no empty ones.
+        """
+        decay = self.lr_decay if lr_decay is None else lr_decay
+        if decay is not None and not 0 < decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {decay}")
+        backbone = find_backbone(task)
+        named: list[tuple[str, float, list[nn.Parameter]]] = []
+        seen: set[int] = set()
+        if backbone is not None:
+            groups = backbone.layer_groups()
+            for i, group in enumerate(groups):
+                rate = lr * decay ** (len(groups) - 1 - i) if decay is not None else lr
+                named.append((f"backbone.{group.name}", rate, group.params))
+                seen.update(id(p) for p in group.params)
+        head = [p for p in task.parameters() if id(p) not in seen]
+        named.append(("head", head_lr or lr, head))
+        out = []
+        for name, rate, params in named:
+            for suffix, ps, wd in (("", [p for p in params if p.ndim >= 2], weight_decay),
+                                   (".no_decay", [p for p in params if p.ndim < 2], 0.0)):
+                if ps:
+                    out.append({"params": ps, "lr": rate, "weight_decay": wd, "name": name + suffix})
+        return out
+
+    def prepare(self, task: nn.Module, train_examples: Any) -> None:
+        """Record what the user left trainable; count classes for the class-balanced stage, if any.
+
+        A backbone frozen before training (``backbone.freeze()``, ``trainable=False``,
+        ``set_trainable(k)``) stays so: :meth:`apply` never unfreezes more than it allowed.
+        """
+        backbone = find_backbone(task)
+        self._start_top = backbone.trainable_top if backbone is not None else None
+        self._task_weights = getattr(task, "class_weights", None)
+        if not self.balanced_epochs:
+            return
+        if not hasattr(task, "class_weights"):
+            raise ValueError(f"strategy {self.name!r} weights a classification loss; {type(task).__name__} "
+                             "has no class_weights (use a ClassificationTask).")
+        if not hasattr(train_examples, "__len__"):
+            raise ValueError(f"strategy {self.name!r} counts the classes of the training data; it cannot "
+                             "do so for streamed data.")
+        try:
+            labels = [operator.index(y) for _, y in train_examples]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"strategy {self.name!r} needs (input, class id) examples, as a "
+                             "ClassificationTask makes.") from e
+        head = getattr(getattr(task, "model", None), "head", None)
+        num_classes = getattr(head, "num_classes", None) or max(labels) + 1
+        counts = Counter(labels)
+        self.weights = class_balanced_weights([counts.get(c, 0) for c in range(num_classes)], self.beta)
+
+    def apply(self, task: nn.Module, epoch: int) -> None:
+        """Set what learns in ``epoch`` (1-based): trainable top groups and the loss's class weights."""
+        backbone = find_backbone(task)
+        if backbone is not None:
+            top, limit = self.schedule(epoch), self._start_top
+            if limit is not None:
+                top = limit if top is None else min(top, limit)
+            backbone.set_trainable(top)
+        if self.balanced_epochs:
+            if self.weights is None:
+                raise RuntimeError(f"strategy {self.name!r}: call prepare(task, examples) before apply().")
+            task.class_weights = self.weights if epoch <= self.balanced_epochs else self._task_weights
+
+    def finish(self, task: nn.Module) -> None:
+        """Give the task back as :meth:`prepare` found it: the backbone's trainable groups, class weights."""
+        backbone = find_backbone(task)
+        if backbone is not None:
+            backbone.set_trainable(self._start_top)
+        if self.balanced_epochs:
+            task.class_weights = self._task_weights
+
+
+def class_balanced_weights(counts: list[int], beta: float = 0.999) -> torch.Tensor:
+    """Per-class loss weights ``(1 - beta) / (1 - beta ** n_c)``, normalised to mean 1 over present classes.
+
+    The inverse "effective number of samples" of Cui et al. 2019 ("Class-Balanced Loss Based on
+    Effective Number of Samples", arXiv 1901.05555). Classes without examples get weight 0.
+    """
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    n = torch.tensor(counts, dtype=torch.float64)
+    present = n > 0
+    if not present.any():
+        raise ValueError("no class has any example")
+    weights = torch.zeros_like(n)
+    weights[present] = (1 - beta) / (1 - beta ** n[present])
+    weights[present] /= weights[present].mean()
+    return weights.float()
+
+
+def find_backbone(task: nn.Module):
+    """``task.model.backbone`` (a classification task), ``task.backbone`` (pretext tasks), or None."""
+    for owner in (getattr(task, "model", None), task):
+        backbone = getattr(owner, "backbone", None)
+        if backbone is not None and hasattr(backbone, "set_trainable"):
+            return backbone
+    return None
+
+
+# --- the registry -----------------------------------------------------------------------------------
+
+def register_strategy(name: str):
+    """Decorator registering a builder ``fn(**options) -> Strategy`` under ``name``; refuses duplicates."""
+
+    def decorator(fn: Callable[..., Strategy]) -> Callable[..., Strategy]:
+        if name in _STRATEGIES:
+            raise ValueError(f"strategy {name!r} is already registered")
+        _STRATEGIES[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_strategies() -> list[str]:
+    """Names :func:`get_strategy` accepts."""
+    return sorted(_STRATEGIES)
+
+
+def get_strategy(spec: str | Strategy, **options: Any) -> Strategy:
+    """A strategy by name (``"lp_ft"``, or ``"lp-ft"``), built with ``options``; a Strategy as is."""
+    if isinstance(spec, Strategy):
+        if options:
+            raise TypeError("options are for strategy names; a Strategy instance is used as it is")
+        return spec
+    key = str(spec).strip().lower().replace("-", "_")
+    if key not in _STRATEGIES:
+        raise ValueError(f"unknown fine-tuning strategy {spec!r}; choose one of {', '.join(list_strategies())}.")
+    return _STRATEGIES[key](**options)
+
+
+@register_strategy("full")
+def full(lr_decay: float | None = None) -> Strategy:
+    """Every parameter learns from the first epoch."""
+    return Strategy("full", lambda epoch: None, lr_decay=lr_decay)
+
+
+@register_strategy("linear_probe")
+def linear_probe() -> Strategy:
+    """The backbone stays frozen (eval mode, no gradients); only the head learns."""
+    return Strategy("linear_probe", lambda epoch: 0)
+
+
+@register_strategy("gradual_unfreeze")
+def gradual_unfreeze(every: int = 1, lr_decay: float | None = None) -> Strategy:
+    """Head only in epoch 1, then one more layer group from the top every ``every`` epochs (ULMFiT).
+
+    With ``every=1``: epoch 1 head, epoch 2 head + last group, epoch 3 + the group below... until all.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    return Strategy("gradual_unfreeze", lambda epoch: (epoch - 1) // every, lr_decay=lr_decay)
+
+
+@register_strategy("lp_ft")
+def lp_ft(probe_epochs: int = 1, balanced: bool = False, beta: float = 0.999,
+          lr_decay: float | None = None) -> Strategy:
+    """Linear probe for ``probe_epochs`` epochs, then full fine-tuning (Kumar et al. 2022).
+
+    Args:
+        balanced: weight the probe stage's loss with class-balanced weights (ValizadehAslani et al. 2022).
+        beta: see :func:`class_balanced_weights`.
+    """
+    if probe_epochs < 0:
+        raise ValueError(f"probe_epochs must be >= 0, got {probe_epochs}")
+    return Strategy("lp_ft_balanced" if balanced else "lp_ft", lambda epoch: 0 if epoch <= probe_epochs else None,
+                    lr_decay=lr_decay, balanced_epochs=probe_epochs if balanced else 0, beta=beta)
+
+
+@register_strategy("lp_ft_balanced")
+def lp_ft_balanced(probe_epochs: int = 1, beta: float = 0.999, lr_decay: float | None = None) -> Strategy:
+    """LP-FT whose probe stage uses class-balanced loss weights: two-stage fine-tuning for imbalanced labels."""
+    return lp_ft(probe_epochs, balanced=True, beta=beta, lr_decay=lr_decay)
+
+
+@register_strategy("llrd")
+def llrd(lr_decay: float = 0.8) -> Strategy:
+    """Full fine-tuning, each layer group learning ``lr_decay`` times as fast as the one above it."""
+    return Strategy("llrd", lambda epoch: None, lr_decay=lr_decay)
