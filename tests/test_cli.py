@@ -38,6 +38,25 @@ def test_finetune_then_predict(assets, tmp_path, capsys):
     assert sum(lines[0]["proba"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_finetune_strategy_schedule_run_state_and_resume(assets, tmp_path, capsys):
+    topic = ["animals"] * 3 + ["markets"] * 3 + ["sport"] * 3
+    _write_csv(tmp_path / "train.csv", [(s, topic[i % 9]) for i, s in enumerate(SENTENCES)])
+    args = ["finetune", "--backbone", f"hf:{assets['bert']}", "--data", str(tmp_path / "train.csv"),
+            "--output", str(tmp_path / "model"), "--epochs", "2", "--lr", "1e-3", "--head-lr", "1e-2",
+            "--strategy", "lp-ft", "--lr-decay", "0.8", "--accumulate", "2", "--schedule", "cosine",
+            "--warmup", "0.1", "--no-progress"]
+    assert main(args) == 0
+    run = tmp_path / "model.run"
+    assert {"metrics.csv", "steps.csv", "curves.png", "confusion.png", "checkpoint"} <= {p.name for p in run.iterdir()}
+    rows = list(csv.DictReader(open(run / "metrics.csv", encoding="utf-8")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and "val_accuracy" in rows[0]
+    capsys.readouterr()
+    assert main(args + ["--epochs", "3", "--resume"]) == 0  # one more epoch from the checkpoint
+    rows = list(csv.DictReader(open(run / "metrics.csv", encoding="utf-8")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert "epoch=3" in capsys.readouterr().out
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["finetune", "--backbone", "nosuch:thing", "--data", str(tmp_path / "missing.csv"),
                  "--output", str(tmp_path / "o")]) == 1

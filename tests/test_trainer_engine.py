@@ -18,7 +18,6 @@ from torch import nn
 
 import transferkit as tk
 from transferkit.tasks.text import MaskedLM
-from transferkit.trainer import checkpoint
 from transferkit.trainer.optim import schedule_factor
 
 from conftest import SENTENCES
