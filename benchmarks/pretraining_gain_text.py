@@ -62,23 +62,17 @@ def fine_tune(backbone_dir: str | None, make, train, test, *, epochs, lr, head_l
     return trainer.evaluate(model, test)["accuracy"]
 
 
-def row(name: str, pretrain_seconds: float, score, settings: Settings, rows: list) -> None:
+def row(name: str, pretrain_seconds: float, score, settings: Settings, rows: list, log=print) -> None:
     start = time.perf_counter()
     scores = [score(seed) for seed in range(settings.seeds)]
     seconds = pretrain_seconds + time.perf_counter() - start
     std = statistics.stdev(scores) if len(scores) > 1 else 0.0
     rows.append((name, statistics.mean(scores), std, seconds))
-    print(f"  {name:<48} {rows[-1][1]:.3f} ± {std:.3f}  ({seconds:.0f} s)", flush=True)
+    log(f"  {name:<48} {rows[-1][1]:.3f} ± {std:.3f}  ({seconds:.0f} s)")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 seed, less pretraining, smaller test set")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = p.parse_args(argv)
-    settings = Settings.quick() if args.quick else Settings()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run(settings: Settings, log=print) -> list[tuple[str, float, float, float]]:
+    """Rows of (backbone, mean accuracy, std over seeds, seconds)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -90,8 +84,8 @@ def main(argv=None) -> int:
     minilm_corpus = work / "minilm_corpus.txt"
     minilm_corpus.write_text("\n".join(" ".join(t.split()[:200]) for t in corpus_texts[: settings.minilm_docs])
                              + "\n", encoding="utf-8")
-    print(f"corpus: {len(corpus_texts)} unlabelled documents; {settings.shots} labels per class; "
-          f"{len(test[0])} test documents; {settings.seeds} seed(s)", flush=True)
+    log(f"corpus: {len(corpus_texts)} unlabelled documents; {settings.shots} labels per class; "
+        f"{len(test[0])} test documents; {settings.seeds} seed(s)")
 
     def sample(seed):
         return _subset(pool, few_shot(pool[1], settings.shots, seed))
@@ -110,13 +104,14 @@ def main(argv=None) -> int:
     history = tk.Trainer(epochs=settings.scratch_epochs, lr=1e-3, batch_size=32, progress=False).fit(task, corpus)
     task.backbone.save_pretrained(work / "scratch-mlm")
     mlm_seconds = time.perf_counter() - start
-    print(f"  small BERT masked-LM loss {history[0]['train_loss']:.2f} -> {history[-1]['train_loss']:.2f} over "
-          f"{settings.scratch_epochs} epochs ({mlm_seconds:.0f} s)", flush=True)
+    log(f"  small BERT masked-LM loss {history[0]['train_loss']:.2f} -> {history[-1]['train_loss']:.2f} over "
+        f"{settings.scratch_epochs} epochs ({mlm_seconds:.0f} s)")
     scratch = dict(epochs=15, lr=1e-3, head_lr=3e-3)
     row("small BERT, random init", tok_seconds,
-        lambda s: fine_tune(None, small_bert, sample(s), test, seed=s, **scratch), settings, rows)
+        lambda s: fine_tune(None, small_bert, sample(s), test, seed=s, **scratch), settings, rows, log)
     row("small BERT, MLM-pretrained on the corpus", tok_seconds + mlm_seconds,
-        lambda s: fine_tune(str(work / "scratch-mlm"), None, sample(s), test, seed=s, **scratch), settings, rows)
+        lambda s: fine_tune(str(work / "scratch-mlm"), None, sample(s), test, seed=s, **scratch), settings, rows,
+        log)
 
     # (b) MiniLM: continued (domain-adaptive) pretraining -----------------------------------------------------
     spec = "hf:sentence-transformers/all-MiniLM-L6-v2"
@@ -128,18 +123,34 @@ def main(argv=None) -> int:
     history = tk.Trainer(epochs=1, lr=5e-5, batch_size=16, progress=False).fit(task, minilm_corpus)
     task.backbone.save_pretrained(work / "minilm-dapt")
     dapt_seconds = time.perf_counter() - start
-    print(f"  MiniLM continued masked-LM: loss {history[0]['train_loss']:.2f} on {settings.minilm_docs} documents "
-          f"({dapt_seconds:.0f} s)", flush=True)
+    log(f"  MiniLM continued masked-LM: loss {history[0]['train_loss']:.2f} on {settings.minilm_docs} documents "
+        f"({dapt_seconds:.0f} s)")
     ft = dict(epochs=5, lr=1e-4, head_lr=3e-3)  # the demo's MiniLM fine-tuning settings
     row("MiniLM-L6 as shipped", 0.0, lambda s: fine_tune(None, minilm, sample(s), test, seed=s, **ft),
-        settings, rows)
+        settings, rows, log)
     row("MiniLM-L6 + continued MLM on the corpus", dapt_seconds,
-        lambda s: fine_tune(str(work / "minilm-dapt"), None, sample(s), test, seed=s, **ft), settings, rows)
+        lambda s: fine_tune(str(work / "minilm-dapt"), None, sample(s), test, seed=s, **ft), settings, rows, log)
+    return rows
 
-    print(f"\n| backbone | accuracy ({settings.shots} labels/class, mean ± std, {settings.seeds} seeds) | seconds |")
-    print("|---|---|---|")
-    for name, mean, std, seconds in rows:
-        print(f"| {name} | {mean:.3f} ± {std:.3f} | {seconds:.0f} |")
+
+def table(rows: list, settings: Settings) -> str:
+    lines = [f"| backbone | accuracy ({settings.shots} labels/class, mean ± std, {settings.seeds} seeds) | seconds |",
+             "|---|---|---|"]
+    lines += [f"| {name} | {mean:.3f} ± {std:.3f} | {seconds:.0f} |" for name, mean, std, seconds in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 seed, less pretraining, smaller test set")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = p.parse_args(argv)
+    settings = Settings.quick() if args.quick else Settings()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = run(settings, log=lambda line: print(line, flush=True))
+    print()
+    print(table(rows, settings))
     return 0
 
 
