@@ -6,8 +6,8 @@ Each logger is a small object whose ``on_*`` methods are :class:`~transferkit.Tr
     Trainer(callbacks=csv.callbacks()).fit(model, train, val)
 
 :func:`loggers` builds several by name (``"csv"``, ``"tensorboard"``, ``"report"``) into one callbacks dict.
-matplotlib and tensorboard are optional (``pip install 'transferkit[report]'``) and imported only when a
-logger that needs them starts, so a missing one fails before training, not after it.
+matplotlib (a dependency) and tensorboard (optional: ``pip install 'transferkit[tensorboard]'``) are
+imported only when a logger that needs them starts, so a missing one fails before training, not after.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def _summary_writer():
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
         raise ImportError("TensorBoard logging needs the tensorboard package: pip install tensorboard "
-                          "(or pip install 'transferkit[report]').") from e
+                          "(or pip install 'transferkit[tensorboard]').") from e
     return SummaryWriter
 
 
@@ -276,8 +276,7 @@ def _import_matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ImportError("reports need matplotlib: pip install matplotlib "
-                          "(or pip install 'transferkit[report]').") from e
+        raise ImportError("reports need matplotlib, a dependency of transferkit: pip install matplotlib") from e
     return Figure, FigureCanvasAgg
 
 
