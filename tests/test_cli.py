@@ -57,6 +57,21 @@ def test_finetune_strategy_schedule_run_state_and_resume(assets, tmp_path, capsy
     assert "epoch=3" in capsys.readouterr().out
 
 
+def test_finetune_search_saves_the_best_trial(assets, tmp_path, capsys):
+    topic = ["animals"] * 3 + ["markets"] * 3 + ["sport"] * 3
+    _write_csv(tmp_path / "train.csv", [(s, topic[i % 9]) for i, s in enumerate(SENTENCES)])
+    out = tmp_path / "model"
+    assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
+                 "--output", str(out), "--epochs", "3", "--search", "lr=0.0001,0.05", "--search",
+                 "strategy=full,linear_probe", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| rank | lr | strategy | val_accuracy |" in printed
+    assert [line.split(" | ")[0] for line in printed.splitlines() if line.startswith("| ") and line[2].isdigit()] == \
+        ["| 1", "| 2", "| 3", "| 4"]  # the 2 × 2 grid
+    assert "best: {'lr': 0.05" in printed  # a 1e-4 learning rate cannot fit in 3 epochs
+    assert json.loads((out / "config.json").read_text())["metrics"]["val_accuracy"] == 1.0
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["finetune", "--backbone", "nosuch:thing", "--data", str(tmp_path / "missing.csv"),
                  "--output", str(tmp_path / "o")]) == 1

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, help="also checkpoint every N steps (always at epoch ends)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in --run-dir")
+    p.add_argument("--search", action="append", default=[], metavar="FIELD=V1,V2,...",
+                   help="hyper-parameter search on the validation data (repeatable), e.g. lr=1e-4,3e-4 "
+                        "strategy=full,lp_ft; the best model is saved")
+    p.add_argument("--trials", type=int, help="random search: this many points of the --search grid (default all)")
     p.add_argument("--hidden", type=int, help="hidden layer width of the head (default: linear head)")
     p.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1", "loss"])
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
@@ -143,11 +147,11 @@ def _finetune(args: argparse.Namespace) -> int:
         train, val = data, None
     names = infer_label_names(data.labels)
     num_classes = len(names) if names else max(int(y) for y in data.labels) + 1
-    backbone = tk.load_backbone(args.backbone, **parse_options(args.option))
-    if args.freeze:
-        backbone.freeze()
-    head = tk.heads.Classification(num_classes, labels=names, hidden=args.hidden)
-    model = tk.TransferModel(backbone, head)
+    def build() -> tk.TransferModel:
+        backbone = tk.load_backbone(args.backbone, **parse_options(args.option))
+        if args.freeze:
+            backbone.freeze()
+        return tk.TransferModel(backbone, tk.heads.Classification(num_classes, labels=names, hidden=args.hidden))
     # Training state lives beside the model: save_pretrained replaces --output as a whole.
     run_dir = args.run_dir or f"{args.output.rstrip('/')}.run"
     trainer = tk.Trainer(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
@@ -160,7 +164,11 @@ def _finetune(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
     print(f"fine-tuning {args.backbone} on {len(train)} examples ({num_classes} classes)"
           + (f", validating on {len(val)}" if val is not None else "") + f"; run state in {run_dir}", flush=True)
-    history = trainer.fit(model, train, val, resume=args.resume)
+    if args.search:
+        model, history = _search(build, train, val, trainer, args)
+    else:
+        model = build()
+        history = trainer.fit(model, train, val, resume=args.resume)
     for record in history:
         print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
     best = {}
@@ -171,6 +179,24 @@ def _finetune(args: argparse.Namespace) -> int:
     path = model.save_pretrained(args.output, metrics={f"val_{k}": v for k, v in best.items()})
     print(f"saved to {path}")
     return 0
+
+
+def _search(build, train, val, trainer, args: argparse.Namespace):
+    """Run the --search grid; returns the best model and its history."""
+    from transferkit.trainer import search
+
+    if val is None:
+        raise SystemExit("transferkit: error: --search needs validation data (--val or --val-fraction > 0)")
+    space = {}
+    for item in args.search:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"transferkit: error: --search takes FIELD=V1,V2,..., got {item!r}")
+        space[key] = [parse_options([f"{key}={v}"])[key] for v in values.split(",")]
+    result = search(build, train, val, space, trials=args.trials, trainer=trainer, seed=args.seed)
+    print(result.table())
+    print(f"best: {result.best_params} ({result.metric} {result.best_score:.4f})")
+    return result.best_model, []  # the table above is the history of a search
 
 
 def _predict(args: argparse.Namespace) -> int:
