@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pretraining_gain_images.py           # a few minutes on 2 CPU cores
     .venv/bin/python benchmarks/pretraining_gain_images.py --quick   # about a minute
+    .venv/bin/python benchmarks/pretraining_gain_images.py --backbone timm:test_resnet --stage 3 --tasks rotation
 
 Data: the 1,797 8×8 greyscale digits of ``sklearn.datasets.load_digits`` (offline), scaled to 0–1 and
 upscaled by the backbone's preprocessor. The first ``pool`` images are the unlabelled pool; the rest are
@@ -12,24 +13,28 @@ architecture is pretrained on the pool's images without labels. Then, for each o
 class (drawn from the pool) and each seed, the pretrained backbone — and a random-init one ("scratch") —
 is fine-tuned end to end with a linear classification head and scored on the test set.
 
-``rotation_gain()`` is the small version (rotation vs scratch, ≤ ~60 s) for ``transferkit demo``.
+The data split, pretraining and fine-tuning live in :mod:`transferkit.cli.vision_gain`; its
+``rotation_gain()`` (rotation vs scratch at one label count, about a minute) is the row of
+``transferkit demo``. Other scripts can reuse ``run(settings)``, ``table(rows, settings)`` and
+``Settings.quick()`` from here.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-import transferkit as tk
 from transferkit.tasks.vision import DenoisingAutoencoder, PatchColor, RotationPrediction
+from transferkit.cli.vision_gain import (BACKBONE, IMAGE_SIZE, at_stage, digits, few_shot, finetune, pretrain,
+                                           random_backbone)
 
-# name → builder; PatchColor uses the grey-level variant because digits are greyscale.
+# name → builder; PatchColor uses the grey-level variant because digits are greyscale. RotationPrediction
+# crops each rotated image at random (its default): without it the rotation is readable from the digits'
+# bounding box and the features end up worse than random ones (docs/pretraining_vision.md).
 PRETEXT = {
     "rotation": lambda bb: RotationPrediction(bb),
     "patch grey level": lambda bb: PatchColor(bb, mode="patch", channels="grey", bins=4, patch_fraction=0.375),
@@ -42,8 +47,10 @@ PRETEXT = {
 class Settings:
     """What one benchmark run does; ``quick()`` shrinks it."""
 
-    backbone: str = "timm:test_efficientnet"  # 0.1M parameters: fast on a CPU, enough for 8×8 digits
-    image_size: int = 32  # 8×8 digits upscaled; the network downsamples 32×
+    backbone: str = BACKBONE  # timm:test_efficientnet, 0.1M parameters: fast on a CPU, enough for 8×8 digits
+    image_size: int = IMAGE_SIZE  # 8×8 digits upscaled to 32 px; the network downsamples 32×
+    # Fine-tune the pooled output of this timm stage (layers after it dropped) instead of the final one.
+    stage: int | None = None
     pool: int = 1300  # unlabelled pool (first images); the remaining 497 are the test set
     shots: tuple[int, ...] = (1, 5, 10)  # labels per class for fine-tuning
     seeds: int = 3
@@ -63,60 +70,14 @@ class Settings:
         return cls(seeds=1, pretrain_epochs={"rotation": 3, "patch grey level": 8, "denoising AE": 8})
 
 
-def digits(pool: int):
-    """(pool images, pool labels, test images, test labels); images are 8×8 float arrays in 0–1."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = [img / 16.0 for img in data.images]
-    labels = [int(y) for y in data.target]
-    return images[:pool], labels[:pool], images[pool:], labels[pool:]
-
-
-def few_shot(labels: list[int], shots: int, seed: int) -> list[int]:
-    """``shots`` random indices per class."""
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in sorted(set(labels)):
-        idx = [i for i, y in enumerate(labels) if y == c]
-        picked += rng.choice(idx, size=shots, replace=False).tolist()
-    return picked
-
-
-def new_backbone(settings: Settings, seed: int):
-    torch.manual_seed(seed)
-    return tk.load_backbone(settings.backbone, weights=None, image_size=settings.image_size)
-
-
-def pretrain(name: str, images: list, settings: Settings, seed: int = 0):
-    """A backbone pretrained with pretext task ``name`` on ``images``; returns (backbone, seconds, final metrics)."""
-    start = time.perf_counter()
-    task = PRETEXT[name](new_backbone(settings, seed))
-    trainer = tk.Trainer(epochs=settings.pretrain_epochs[name], lr=settings.pretrain_lr, batch_size=64,
-                         progress=False, seed=seed, metric="loss")
-    history = trainer.fit(task, images)
-    return task.backbone, time.perf_counter() - start, history[-1]["train_loss"]
-
-
-def finetune(backbone, images: list, labels: list[int], test: tuple[list, list], settings: Settings,
-             seed: int) -> float:
-    """Fine-tune ``backbone`` (a copy) + linear head on the labelled images; held-out accuracy."""
-    torch.manual_seed(seed)
-    model = tk.TransferModel(copy.deepcopy(backbone), tk.heads.Classification(10))
-    epochs = max(1, round(settings.finetune_steps * settings.batch_size / len(images)))
-    trainer = tk.Trainer(epochs=epochs, lr=settings.lr, head_lr=settings.head_lr, batch_size=settings.batch_size,
-                         progress=False, seed=seed, eval_batch_size=256)
-    trainer.fit(model, (list(images), list(labels)))
-    return trainer.evaluate(model, (list(test[0]), list(test[1])))["accuracy"]
-
-
 def run(settings: Settings, log=print) -> list[dict]:
     """One row per (initialisation, shots): accuracies over seeds, pretraining and fine-tuning seconds."""
     pool_x, pool_y, test_x, test_y = digits(settings.pool)
     inits = {"scratch": (None, 0.0, None)}
     for name in settings.tasks:
-        backbone, seconds, loss = pretrain(name, pool_x, settings)
-        inits[name] = (backbone, seconds, loss)
+        task = PRETEXT[name](random_backbone(settings.backbone, settings.image_size, 0))
+        backbone, seconds, loss = pretrain(task, pool_x, settings.pretrain_epochs[name], settings.pretrain_lr)
+        inits[name] = (at_stage(backbone, settings.stage, settings.backbone, settings.image_size), seconds, loss)
         log(f"pretrained {name}: {seconds:.0f} s, final pretext loss {loss:.3f}")
     rows = []
     for name, (backbone, pre_seconds, _) in inits.items():
@@ -124,9 +85,14 @@ def run(settings: Settings, log=print) -> list[dict]:
             start, scores = time.perf_counter(), []
             for seed in range(settings.seeds):
                 idx = few_shot(pool_y, shots, seed)
-                bb = backbone if backbone is not None else new_backbone(settings, 1000 + seed)
-                scores.append(finetune(bb, [pool_x[i] for i in idx], [pool_y[i] for i in idx], (test_x, test_y),
-                                       settings, seed))
+                if backbone is None:  # scratch: a fresh random network per seed
+                    bb = at_stage(random_backbone(settings.backbone, settings.image_size, 1000 + seed), settings.stage,
+                                  settings.backbone, settings.image_size)
+                else:
+                    bb = backbone
+                train = ([pool_x[i] for i in idx], [pool_y[i] for i in idx])
+                scores.append(finetune(bb, train, (test_x, test_y), seed=seed, steps=settings.finetune_steps,
+                                       lr=settings.lr, head_lr=settings.head_lr, batch_size=settings.batch_size))
             rows.append({"init": name, "shots": shots, "scores": scores, "pretrain_s": pre_seconds,
                          "finetune_s": time.perf_counter() - start})
             log(f"  {name:>16} {shots:>2}/class: {fmt(scores)}")
@@ -152,37 +118,32 @@ def table(rows: list[dict], settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def rotation_gain(shots: int = 10, seeds: int = 1, pretrain_epochs: int = 3, pool: int = 1300) -> dict:
-    """Rotation pretraining vs scratch on digits, for ``transferkit demo`` (about 30–60 s on 2 CPU cores).
-
-    Returns:
-        ``{"scratch": [accuracies], "rotation": [accuracies], "seconds": float, "shots": shots}``.
-    """
-    start = time.perf_counter()
-    settings = replace(Settings(), shots=(shots,), seeds=seeds, tasks=("rotation",),
-                       pretrain_epochs={"rotation": pretrain_epochs}, pool=pool)
-    rows = run(settings, log=lambda *_: None)
-    result = {r["init"]: r["scores"] for r in rows}
-    return {**result, "seconds": time.perf_counter() - start, "shots": shots}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one seed, shorter pretraining (about a minute)")
     parser.add_argument("--rotation-gain", action="store_true", help="only the demo's rotation-vs-scratch row")
+    parser.add_argument("--backbone", default=BACKBONE, help=f"timm architecture, random init (default {BACKBONE})")
+    parser.add_argument("--stage", type=int, help="fine-tune the output of this intermediate stage")
+    parser.add_argument("--tasks", help="comma-separated subset of: " + ", ".join(PRETEXT))
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a busy 2-core machine 2 threads were 10× slower)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.rotation_gain:
-        result = rotation_gain()
-        print(f"10 labels/class: scratch {fmt(result['scratch'])}, rotation {fmt(result['rotation'])} "
-              f"({result['seconds']:.0f} s)")
+        from transferkit.cli.vision_gain import rotation_gain
+
+        result = rotation_gain(seeds=1 if args.quick else 3)
+        print(f"{result['shots']} labels/class: scratch {fmt(result['scratch'])}, rotation {fmt(result['rotation'])} "
+              f"(pretraining {result['pretrain_s']:.0f} s, fine-tuning {result['finetune_s']:.0f} s)")
         return
     settings = Settings.quick() if args.quick else Settings()
-    print(f"{settings.backbone} (random init, {settings.image_size} px), pool {settings.pool} unlabelled digits, "
-          f"test {1797 - settings.pool}, {settings.seeds} seed(s); held-out accuracy %, mean ± std")
+    settings.backbone, settings.stage = args.backbone, args.stage
+    if args.tasks:
+        settings.tasks = tuple(t.strip() for t in args.tasks.split(","))
+    stage = "" if settings.stage is None else f", stage {settings.stage}"
+    print(f"{settings.backbone} (random init, {settings.image_size} px{stage}), pool {settings.pool} unlabelled "
+          f"digits, test {1797 - settings.pool}, {settings.seeds} seed(s); held-out accuracy %, mean ± std")
     rows = run(settings)
     print()
     print(table(rows, settings))

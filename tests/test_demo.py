@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
+import torch
 
 from transferkit.cli import demo, main
+from transferkit.cli import vision_gain
 
 
 def test_demo_without_assets_says_what_to_install(monkeypatch, capsys):
@@ -24,6 +28,62 @@ def test_table_format():
     rows = [demo.Row("vision", "pretrained", [0.5, 0.7], 1.0), demo.Row("vision", "pixels", [0.25], 0.5)]
     table = demo.format_table(rows).splitlines()
     assert "0.600 ± 0.141" in table[2] and "0.250" in table[3]
+
+
+@pytest.fixture
+def few_digits(monkeypatch):
+    """The first 100 pool digits (every class) and 100 test digits: the wiring in seconds, not the gain."""
+    digits = vision_gain.digits
+    monkeypatch.setattr(vision_gain, "digits", lambda pool=1300: tuple(part[:100] for part in digits(pool)))
+
+
+def test_rotation_gain_tiny(few_digits):
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 1)
+    try:
+        result = vision_gain.rotation_gain(shots=1, seeds=2, epochs=1, steps=5)
+        assert torch.get_num_threads() == before + 1  # one thread inside, the caller's setting restored
+    finally:
+        torch.set_num_threads(before)
+    assert set(result) == {"scratch", "rotation", "pretrain_s", "finetune_s", "pretext_loss", "shots"}
+    assert len(result["scratch"]) == len(result["rotation"]) == 2 and result["shots"] == 1
+    assert all(0.0 <= a <= 1.0 for a in result["scratch"] + result["rotation"])
+    assert 0 < result["pretext_loss"] < 3.0 and result["pretrain_s"] > 0
+    # The same seed gives the same numbers: the benchmark's cells and the demo's row are reproducible.
+    again = vision_gain.rotation_gain(shots=1, seeds=1, epochs=1, steps=5)
+    assert again["scratch"][0] == result["scratch"][0] and again["rotation"][0] == result["rotation"][0]
+
+
+def test_digits_split_keeps_the_test_set_out_of_the_pool():
+    pool_x, pool_y, test_x, test_y = vision_gain.digits(1300)
+    assert len(pool_x) == len(pool_y) == 1300 and len(test_x) == len(test_y) == 497
+    assert pool_x[0].shape == (8, 8) and 0.0 <= min(x.min() for x in pool_x) and max(x.max() for x in pool_x) <= 1.0
+    idx = vision_gain.few_shot(pool_y, 5, seed=0)
+    assert sorted(pool_y[i] for i in idx) == [c for c in range(10) for _ in range(5)]
+
+
+def test_demo_self_supervised_row_needs_no_assets(monkeypatch, capsys, few_digits):
+    monkeypatch.setattr("transferkit.backbones.assets.find_package_dir", lambda package: None)
+    asked, full = {}, vision_gain.rotation_gain
+
+    def tiny(**kw):
+        asked.update(kw)
+        return full(**{**kw, "shots": 1, "epochs": 1, "steps": 5})
+
+    monkeypatch.setattr(vision_gain, "rotation_gain", tiny)
+    assert main(["demo", "--quick", "--families", "selfsup"]) == 0
+    assert asked == {"shots": 10, "seeds": 1, "epochs": 6}  # the demo's settings reach the experiment
+    out = capsys.readouterr().out
+    assert "test ResNet, rotations of 1,300 unlabelled digits" in out and "test ResNet, random init" in out
+    assert "self-supervised" in out and "total" in out and "make assets" not in out
+
+
+@pytest.mark.slow
+def test_demo_rotation_pretraining_beats_random_init(capsys):
+    # The demo's rows (about a minute on a CPU): at 10 labels per class every seed gains.
+    result = vision_gain.rotation_gain(shots=10, seeds=3)
+    assert all(r > s + 0.03 for r, s in zip(result["rotation"], result["scratch"])), result
+    assert statistics.mean(result["rotation"]) > statistics.mean(result["scratch"]) + 0.05
 
 
 def test_few_shot_draws_the_same_number_per_class():

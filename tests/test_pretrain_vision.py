@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import transferkit as tk
 from transferkit.errors import DataError, InputError
 from transferkit.tasks.vision import DenoisingAutoencoder, ImageFolderCorpus, PatchColor, RotationPrediction
-from transferkit.tasks.vision_views import (ColorizationView, CorruptionView, MaskedPatchView, RotationView,
-                                            colour_class)
+from transferkit.tasks.vision_views import (ColorizationView, CorruptionView, MaskedPatchView, RandomResizedCrop,
+                                            RotationView, colour_class)
 
 SPEC = ("timm:test_efficientnet", {"weights": None, "image_size": 32})
 
@@ -53,19 +53,37 @@ def test_rotation_labels_undo_the_rotation(all_rotations):
         assert sorted(labels.tolist()) == [k for k in range(4) for _ in range(5)]
 
 
-def test_rotation_task_labels_refer_to_what_the_network_sees():
+@pytest.mark.parametrize("crop", [False, True])
+def test_rotation_task_labels_refer_to_what_the_network_sees(crop):
     from transferkit.backbones.images import to_tensor
 
-    task = RotationPrediction(backbone())
+    task = RotationPrediction(backbone(), crop_scale=(0.5, 1.0) if crop else None)
     images = shapes(3)
+    torch.manual_seed(3)
     batch = task.collate(images)
     seen = task.pixels.unit(batch["inputs"]["pixel_values"])
-    for i, k in enumerate(batch["labels"].tolist()):
-        # The raw image is turned, then preprocessed like any input (so no resize/crop artefact rotates).
-        turned = torch.rot90(to_tensor(images[i % 3]), k, dims=(-2, -1))
-        expected = task.pixels.unit(task.backbone.preprocess([turned])["pixel_values"])[0]
-        assert torch.allclose(seen[i], expected, atol=1e-5)
+    # The raw image is turned, then preprocessed like any input (so no resize/crop artefact rotates), then
+    # (by default) cropped at random, each example its own box drawn independently of its label.
+    turned = [torch.rot90(to_tensor(images[i % 3]), k, dims=(-2, -1)) for i, k in enumerate(batch["labels"].tolist())]
+    expected = task.pixels.unit(task.backbone.preprocess(turned)["pixel_values"])
+    if crop:
+        torch.manual_seed(3)
+        expected = RandomResizedCrop((0.5, 1.0))(expected)
+    assert torch.allclose(seen, expected, atol=1e-5)
     assert sorted(batch["labels"].tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_random_resized_crop_zooms_into_a_box():
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(6, 3, 32, 32).contiguous()
+    assert torch.allclose(RandomResizedCrop((1.0, 1.0), (1.0, 1.0))(ramp), ramp, atol=1e-5)  # the whole image
+    out = RandomResizedCrop((0.25, 0.25), (1.0, 1.0))(ramp, torch.Generator().manual_seed(0))
+    assert out.shape == ramp.shape
+    spans = out[:, 0, 0, -1] - out[:, 0, 0, 0]
+    assert torch.allclose(spans, torch.full((6,), 0.5), atol=0.05)  # a box half the width, stretched back
+    assert len({round(float(v), 3) for v in out[:, 0, 0, 0]}) > 1  # each image its own box
+    assert torch.allclose(out[:, :, 0], out[:, :, -1], atol=1e-6)  # a horizontal ramp stays one
+    with pytest.raises(ValueError, match="scale"):
+        RandomResizedCrop((0.0, 1.0))
 
 
 
@@ -129,7 +147,8 @@ def test_denoising_target_is_the_clean_image():
 TASKS = {
     "rotation": lambda bb: RotationPrediction(bb),
     "patch": lambda bb: PatchColor(bb, bins=3),
-    "patch-grey": lambda bb: PatchColor(bb, bins=4, channels="grey"),
+    # A half-image patch: with a quarter patch 8 images give too weak a signal to learn in 10 steps.
+    "patch-grey": lambda bb: PatchColor(bb, bins=4, channels="grey", patch_fraction=0.5),
     "colorize": lambda bb: PatchColor(bb, mode="colorize", bins=2, grid=2),
     "denoise": lambda bb: DenoisingAutoencoder(bb, output_size=8),
 }

@@ -28,7 +28,7 @@ from torch import nn
 from transferkit.backbones.images import to_tensor
 
 from .vision_data import ImageFolderCorpus, Pixels, probe, unlabelled_images
-from .vision_views import (ColorizationView, CorruptionView, MaskedPatchView, RotationView,
+from .vision_views import (ColorizationView, CorruptionView, MaskedPatchView, RandomResizedCrop, RotationView,
                            num_colour_classes)
 
 __all__ = ["RotationPrediction", "PatchColor", "DenoisingAutoencoder", "ImageFolderCorpus", "PretextMetrics",
@@ -67,19 +67,28 @@ class RotationPrediction(nn.Module):
 
     Gidaris, Singh & Komodakis 2018, "Unsupervised Representation Learning by Predicting Image
     Rotations", https://arxiv.org/abs/1803.07728. View: :class:`~transferkit.tasks.vision_views.RotationView`
-    (all four rotations of each image by default, as in the paper); head: linear on pooled features;
-    loss: 4-way cross-entropy. Metrics: ``loss`` and rotation ``accuracy``.
+    (all four rotations of each image by default, as in the paper), then a random resized crop of each
+    rotated image (:class:`~transferkit.tasks.vision_views.RandomResizedCrop`; the paper trains with data
+    augmentation too); head: linear on pooled features; loss: 4-way cross-entropy. Metrics: ``loss`` and
+    rotation ``accuracy``.
+
+    Without the crop, on small centred images such as digits the network can tell the rotation from the
+    bounding box alone (digits are taller than wide) and its features end up worse than random ones for
+    telling digits apart; see docs/pretraining_vision.md.
 
     Args:
         backbone: an image backbone.
         all_rotations: all four rotations of every image per batch (paper), or one random rotation each.
+        crop_scale: area fraction range of the random crop; ``None`` turns the crop off.
     """
 
-    def __init__(self, backbone: nn.Module, all_rotations: bool = True):
+    def __init__(self, backbone: nn.Module, all_rotations: bool = True,
+                 crop_scale: tuple[float, float] | None = (0.5, 1.0)):
         super().__init__()
         self.backbone = backbone
         self.pixels = Pixels(backbone)
         self.view = RotationView(all_rotations)
+        self.crop = RandomResizedCrop(crop_scale) if crop_scale is not None else None
         self.head = nn.Linear(backbone.feature_dim, 4)
 
     def examples(self, data: Any):
@@ -91,6 +100,8 @@ class RotationPrediction(nn.Module):
         # network read the rotation off the interpolation grid and crop edge instead of the content.
         rotated, labels = self.view([to_tensor(img, i) for i, img in enumerate(images)])
         pixels = _preprocessed(self.backbone, self.pixels, rotated)
+        if self.crop is not None:
+            pixels = self.crop(pixels)
         return {"inputs": {"pixel_values": self.pixels.normalise(pixels)}, "labels": labels}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -2,10 +2,13 @@
 
 Each view is a callable on a batch of 0–1 pixels ``[B, 3, H, W]`` (the backbone's preprocessed images,
 un-normalised) returning the transformed images and the labels of the transformation actually applied.
+:class:`RandomResizedCrop` is the one label-free augmentation, used before the rotation label is read.
 They draw randomness from torch's global generator (seeded by the Trainer) unless given a ``generator``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +54,43 @@ class RotationView:
             labels = torch.randint(0, 4, (len(x),), generator=generator)
         images = [torch.rot90(x[i % len(x)], int(k), dims=(-2, -1)) for i, k in enumerate(labels)]
         return images, labels
+
+
+class RandomResizedCrop:
+    """Crop a random box of each image and resize it back to the full size (an augmentation; no labels).
+
+    The box covers a uniform fraction ``scale`` of the image area with a log-uniform aspect ratio in
+    ``ratio`` (torchvision's ``RandomResizedCrop`` distribution), placed uniformly; bilinear resampling.
+    Each image draws its own box, independently of any pretext label, so resampling leaves no trace that
+    correlates with the label. :class:`~transferkit.tasks.vision.RotationPrediction` uses it to stop the
+    network reading the rotation off where the content sits and how its bounding box is shaped (on
+    scikit-learn digits every digit is taller than wide and touches the top and bottom rows) rather than
+    off its shape.
+    """
+
+    def __init__(self, scale: tuple[float, float] = (0.5, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < low <= high, got {ratio}")
+        self.scale = scale
+        self.ratio = ratio
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[B, C, H, W]`` → the same shape, each image cropped and resized."""
+        b = x.shape[0]
+        uniform = torch.rand(4, b, generator=generator)
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * uniform[0]
+        low, high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(low + (high - low) * uniform[1])
+        w = (area * aspect).sqrt().clamp(max=1.0)  # box sides as fractions of the image sides
+        h = (area / aspect).sqrt().clamp(max=1.0)
+        theta = torch.zeros(b, 2, 3, dtype=x.dtype)
+        theta[:, 0, 0], theta[:, 1, 1] = w, h
+        theta[:, 0, 2] = (2 * uniform[2] - 1) * (1 - w)  # box centre in [-1, 1] grid units
+        theta[:, 1, 2] = (2 * uniform[3] - 1) * (1 - h)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class MaskedPatchView:
