@@ -6,8 +6,8 @@
 
 The three train the same model (a BERT sequence classifier) on the same pre-tokenised batches with the
 same update (AdamW, fused kernel where available; constant learning rate; gradient clipping at 1.0): no
-evaluation, logging or checkpoints in any of them. They run alternately, ``--rounds`` times each, so
-a machine slowing down or speeding up affects all three alike. The figure is the median seconds per
+evaluation, logging or checkpoints in any of them. They run alternately, ``--rounds`` times each, in a
+rotating order, so a machine slowing down or speeding up affects all three alike. The figure is the median seconds per
 optimiser step over the steps after ``--warmup`` (data loading included), from each run's step-end
 events. Needs ``accelerate`` for Hugging Face's Trainer (``pip install 'transferkit[bench]'``).
 """
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 SIZES = {  # hidden, layers, heads, intermediate
+    "tiny": (64, 2, 2, 128),  # overhead-dominated: shows the per-step cost of the loop itself
     "small": (256, 4, 4, 1024),
     "base": (768, 12, 12, 3072),  # BERT-base
 }
@@ -167,8 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"BERT-{args.size} classifier, batch {args.batch_size} × {args.length} tokens, {args.steps} steps "
           f"(first {args.warmup} not timed), {args.rounds} rounds, {device}, {args.precision}, "
           f"{torch.get_num_threads()} threads")
+    names = list(LOOPS)
     for r in range(args.rounds):
-        for name, loop in LOOPS.items():
+        for name in names[r % 3:] + names[:r % 3]:  # each loop takes each place in the order in turn
+            loop = LOOPS[name]
             model = build_model(args.size)
             times = loop(model, data, args, device)
             if device.type == "cuda":
