@@ -114,6 +114,19 @@ def test_bf16_on_cpu_learns_and_fp16_needs_cuda(assets):
         tk.Trainer(epochs=1, precision="fp16", device="cpu", progress=False).fit(model, PAIRS[:8])
 
 
+def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from transferkit.trainer.precision import Precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert Precision("auto", cpu).name == "fp32" and Precision("auto", cpu).dtype is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert Precision("auto", cpu).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Precision("fp8", cpu)
+
+
 def test_custom_metric_from_the_streamed_confusion_matrix(assets):
     def balanced_accuracy(confusion):
         return float(np.mean(np.diag(confusion) / confusion.sum(1)))

@@ -3,7 +3,8 @@
 ``fp32`` runs as is. ``bf16`` autocasts matrix products to bfloat16 on CUDA or CPU; bfloat16 has fp32's
 exponent range, so it needs no loss scaling. ``fp16`` (CUDA only) autocasts to float16 and scales the loss
 with a ``GradScaler`` so small gradients do not underflow; steps whose gradients overflow are skipped and
-the scale is lowered. ``auto`` picks bf16 on a CUDA device that supports it, else fp32.
+the scale is lowered. ``auto`` picks bf16 on a CUDA device that supports it and on a CPU with bfloat16
+units (AMX or AVX512-BF16), where it is faster; else fp32 (without them bf16 is emulated and slower).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class Precision:
         if name not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
         if name == "auto":
-            name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+            name = "bf16" if _bf16_is_fast(device) else "fp32"
         if name == "fp16" and device.type != "cuda":
             raise ValueError("precision='fp16' needs a CUDA device (loss scaling is a GPU technique); "
                              "use 'bf16' or 'fp32' on CPU.")
@@ -57,3 +58,14 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
+
+
+def _bf16_is_fast(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+        except AttributeError:  # private helpers of torch.cpu; absent in some versions
+            return False
+    return False
