@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n### Summary: baseline vs pretrained\n")
     print("| data | comparison | metric | baseline | pretrained | gain |\n|---|---|---|---:|---:|---:|")
     for data, what, metric, base, pre in summary:
-        print(f"| {data} | {what} | {metric} | {base:.3f} | {pre:.3f} | {pre - base:+.3f} |")
+        f = ".1f" if metric.endswith("%") else ".3f"
+        print(f"| {data} | {what} | {metric} | {base:{f}} | {pre:{f}} | {pre - base:+{f}} |")
     print(f"\ntotal {sum(seconds.values()):.0f} s ({'quick' if args.quick else 'full'} settings, "
           f"{args.threads} torch thread(s))")
 
