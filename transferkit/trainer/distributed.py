@@ -31,13 +31,18 @@ class World:
         return self.rank == 0
 
 
+def default_device(device: str | None) -> str:
+    """``device`` if given, else ``"cuda"`` when available, else ``"cpu"``."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def setup(device: str | None) -> tuple[World, torch.device]:
     """Join the process group when launched by ``torchrun``; returns (world, this process's device)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
-        return World(), torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return World(), torch.device(default_device(device))
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    use_cuda = default_device(device).startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():

@@ -336,7 +336,7 @@ class Trainer:
     # -- small helpers ------------------------------------------------------------------------------
 
     def _device(self) -> torch.device:
-        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return torch.device(distributed.default_device(self.device))
 
     def _lr(self, optimizer) -> float:
         """``lr`` as scheduled now (the top backbone group's rate; lower groups are scaled by lr_decay)."""
