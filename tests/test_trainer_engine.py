@@ -148,9 +148,11 @@ def test_checkpoint_is_safetensors_and_a_failed_save_keeps_the_last_one(assets, 
     tk.Trainer(epochs=1, batch_size=8, lr=0.05, output_dir=str(tmp_path), loggers=(),
                progress=False).fit(model, PAIRS[:16], PAIRS[16:24])
     saved = tmp_path / "checkpoint"
-    assert sorted(p.name for p in saved.iterdir()) == ["best.safetensors", "model.safetensors",
-                                                       "optimizer.safetensors", "rng.safetensors", "state.json"]
-    assert json.loads((saved / "state.json").read_text())["step"] == 2
+    # Epoch 1 is the best so far: its weights are the model's, so no best.safetensors copy is written.
+    assert sorted(p.name for p in saved.iterdir()) == ["model.safetensors", "optimizer.safetensors",
+                                                       "rng.safetensors", "state.json"]
+    state = json.loads((saved / "state.json").read_text())
+    assert state["step"] == 2 and state["best_epoch"] == 1 and "model.head.layers.1.weight" in state["best_keys"]
     before = {p.name: p.read_bytes() for p in saved.iterdir()}
 
     import safetensors.torch
@@ -163,7 +165,7 @@ def test_checkpoint_is_safetensors_and_a_failed_save_keeps_the_last_one(assets, 
         tk.Trainer(epochs=1, batch_size=8, lr=0.05, output_dir=str(tmp_path), loggers=(),
                    progress=False).fit(model, PAIRS[:16])
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # no temporary directory left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".transferkit-run", "checkpoint"]  # no temporary directory left
 
 
 def test_resume_of_a_run_stopped_mid_epoch_matches_the_full_run_streamed(assets, tmp_path):

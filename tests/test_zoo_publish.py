@@ -146,3 +146,23 @@ def test_load_backbone_zoo_spec_round_trip(home, tmp_path, assets):
         a = backbone(**backbone.preprocess(batch))
         b = loaded(**loaded.preprocess(batch))
     assert torch.allclose(a.pooled, b.pooled)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_published_files_follow_the_umask_and_a_republish_leaves_no_staging(home, tmp_path, mask):
+    """A shared team root needs group-readable files: mkstemp alone would make catalogue.json 0600."""
+    import stat
+
+    root = tmp_path / "zoo"
+    previous = os.umask(mask)
+    try:
+        zoo.publish(saved_model(tmp_path / "m1"), root, name="team/bert.x")
+        zoo.publish(saved_model(tmp_path / "m2", weights=b"V" * 10), root, name="team/bert.x", overwrite=True)
+    finally:
+        os.umask(previous)
+    for path in [root, *root.rglob("*")]:
+        want = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(path.stat().st_mode) == want, f"{path.relative_to(root)}: {oct(path.stat().st_mode)}"
+    entry = root / "files" / "team" / "bert.x"
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["bert.x"]  # no .tmp-/.old-/.staging- left
+    assert (entry / "model.safetensors").read_bytes() == b"V" * 10

@@ -11,6 +11,11 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from transferkit.data import clean_label, label_type
+from transferkit.errors import ConfigError
+
+_LABEL_TYPES = {"str": str, "int": int, "bool": bool}
+
 _HEADS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -32,7 +37,7 @@ def head_from_config(config: dict) -> nn.Module:
     config = dict(config)
     kind = config.pop("type")
     if kind not in _HEADS:
-        raise ValueError(f"unknown head type {kind!r}; known: {sorted(_HEADS)}")
+        raise ConfigError(f"unknown head type {kind!r}; known: {sorted(_HEADS)}")
     return _HEADS[kind](**config)
 
 
@@ -40,29 +45,38 @@ def head_from_config(config: dict) -> nn.Module:
 class Classification(nn.Module):
     """Linear (or one-hidden-layer MLP) classifier over pooled features.
 
+    Labels follow the rule in :mod:`transferkit.data`: ``predict`` returns class names in the type they
+    were given in (``label_type``), and a head with ``num_classes`` but no ``labels`` treats integer labels
+    as class ids ``0..num_classes-1`` (and predicts those ids).
+
     Args:
         num_classes: number of classes; may be omitted when ``labels`` is given.
-        labels: class names, index ``i`` naming class ``i``; ``predict`` returns these names.
+        labels: class names (strings, integers or bools), index ``i`` naming class ``i``; ``predict``
+            returns these names.
+        label_type: ``"str"``, ``"int"`` or ``"bool"``, the type of the names; ``None`` takes it from
+            ``labels`` (every label an int gives ints, and so on; anything mixed gives strings).
         hidden: width of an optional hidden layer (GELU); ``None`` for a linear head.
         dropout: dropout on the features before each linear layer.
         in_features: feature size; normally left out and taken from the backbone.
+        input_column: the table column the head was trained on (recorded by training, so that
+            ``predict(DataFrame)`` reads the same column).
     """
 
-    def __init__(self, num_classes: int | None = None, *, labels: Sequence[str] | None = None,
-                 hidden: int | None = None, dropout: float = 0.0, in_features: int | None = None):
+    def __init__(self, num_classes: int | None = None, *, labels: Sequence | None = None,
+                 label_type: str | None = None, hidden: int | None = None, dropout: float = 0.0,
+                 in_features: int | None = None, input_column: str | None = None):
         super().__init__()
         if num_classes is None and labels is None:
-            raise ValueError("Classification needs num_classes or labels")
-        if labels is not None:
-            labels = [str(label) for label in labels]
-            if num_classes is not None and num_classes != len(labels):
-                raise ValueError(f"num_classes={num_classes} but {len(labels)} labels given")
-            if len(set(labels)) != len(labels):
-                raise ValueError(f"labels must be distinct, got {labels}")
+            raise ConfigError("Classification needs num_classes or labels, e.g. Classification(labels=['neg', 'pos']) "
+                              "or Classification(num_classes=2).")
         self.num_classes = int(num_classes if num_classes is not None else len(labels))
+        if labels is not None and num_classes is not None and num_classes != len(labels):
+            raise ConfigError(f"num_classes={num_classes} but {len(labels)} labels given")
         if self.num_classes < 2:
-            raise ValueError(f"a classifier needs at least 2 classes, got {self.num_classes}")
+            raise ConfigError(f"a classifier needs at least 2 classes, got {self.num_classes}: check the labels.")
+        self.label_type = label_type
         self.labels = labels
+        self.input_column = input_column
         self.hidden = hidden
         self.dropout = dropout
         self.in_features = in_features
@@ -70,11 +84,36 @@ class Classification(nn.Module):
         if in_features is not None:
             self.build(in_features)
 
+    @property
+    def labels(self) -> list | None:
+        """Class names (index ``i`` names class ``i``), or ``None`` for a head that predicts class ids."""
+        return self._labels
+
+    @labels.setter
+    def labels(self, labels: Sequence | None) -> None:
+        if labels is None:
+            self._labels = None
+            return
+        if self.label_type is not None and self.label_type not in _LABEL_TYPES:
+            raise ConfigError(f"label_type must be one of {sorted(_LABEL_TYPES)}, got {self.label_type!r}")
+        try:
+            names = [n if isinstance(n, str) else clean_label(n) for n in labels]  # numpy scalars -> Python
+            kind = self.label_type or label_type(names)
+            names = [_LABEL_TYPES[kind](n) for n in names]
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"labels {list(labels)} are not all class names of type "
+                             f"{self.label_type or 'str, int or bool'}") from e
+        if len(set(names)) != len(names):
+            raise ConfigError(f"labels must be distinct, got {names}")
+        if len(names) != self.num_classes:
+            raise ConfigError(f"num_classes={self.num_classes} but {len(names)} labels given")
+        self.label_type, self._labels = kind, names
+
     def build(self, in_features: int) -> None:
         """Create the layers for ``in_features``-sized features (no-op if already built for that size)."""
         if self.layers is not None:
             if in_features != self.in_features:
-                raise ValueError(f"head was built for {self.in_features} features, backbone gives {in_features}")
+                raise ConfigError(f"head was built for {self.in_features} features, backbone gives {in_features}")
             return
         self.in_features = int(in_features)
         if self.hidden:
@@ -91,4 +130,5 @@ class Classification(nn.Module):
     @property
     def config(self) -> dict:
         return {"type": self.head_type, "num_classes": self.num_classes, "labels": self.labels,
-                "hidden": self.hidden, "dropout": self.dropout, "in_features": self.in_features}
+                "label_type": self.label_type, "hidden": self.hidden, "dropout": self.dropout,
+                "in_features": self.in_features, "input_column": self.input_column}

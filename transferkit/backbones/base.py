@@ -152,11 +152,14 @@ class Backbone(nn.Module):
         cut = 0 if self.trainable_top is None else len(groups) - self.trainable_top
         return groups[:cut], groups[cut:]
 
-    def save_pretrained(self, directory, metrics: dict | None = None):
-        """Save weights, config and preprocessing files; ``load_backbone(directory)`` reads them back."""
-        from transferkit.model import save_pretrained
+    def save_pretrained(self, directory, metrics: dict | None = None, *, overwrite: bool = False):
+        """Save weights, config and preprocessing files; ``load_backbone(directory)`` reads them back.
 
-        return save_pretrained(directory, self, None, metrics)
+        The same rules as :meth:`transferkit.TransferModel.save_pretrained` protect what is at ``directory``.
+        """
+        from transferkit.saving import save_pretrained
+
+        return save_pretrained(directory, self, None, metrics, overwrite=overwrite)
 
     def extra_repr(self) -> str:
         return f"source={self.config['source']!r}, name={self.config['name']!r}, feature_dim={self.feature_dim}"

@@ -6,24 +6,34 @@ from safetensors, or from ``.bin`` files with ``torch.load(weights_only=True)`` 
 
 Pooling: ``"mean"`` over real tokens (default; what sentence-transformers uses), ``"cls"`` (first token,
 BERT-style) or ``"last"`` (last real token, for causal models such as GPT-2).
+
+Tokenizers are checked on load: a directory without tokenizer files is a
+:class:`~transferkit.errors.TokenizerError` (transformers would silently build a tokenizer of special
+tokens only, mapping every word to ``[UNK]``), and so is a tokenizer with more ids than the embedding has
+rows. With ``HF_HUB_OFFLINE=1`` or ``TRANSFERKIT_OFFLINE=1`` nothing is downloaded: a Hub id that is not
+cached is an :class:`~transferkit.errors.OfflineError`.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from transferkit.errors import BackboneFileNotFoundError, UnknownBackboneError, WeightsError
+from transferkit.errors import (BackboneFileNotFoundError, ConfigError, OfflineError, TokenizerError,
+                                UnknownBackboneError, UnsafeWeightsError, WeightsError)
 
 from .base import Backbone, Features
 from .registry import register_backbone, register_source
-from .word_vectors import _check_texts
+from .word_vectors import _check_texts, check_pooling
 
 POOLINGS = ("mean", "cls", "last")
+# Files any one of which makes a directory's tokenizer complete (vocab.json needs merges.txt beside it).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json + merges.txt", "a SentencePiece *.model / *.spm")
 
 
 class HFTokenizer:
@@ -48,8 +58,7 @@ class HFEncoder(nn.Module):
 
     def __init__(self, model: nn.Module, pooling: str = "mean"):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_pooling(pooling, POOLINGS)
         self.model = model
         self.pooling = pooling
 
@@ -68,17 +77,67 @@ class HFEncoder(nn.Module):
 
 
 def from_model(model, tokenizer, *, name: str, pooling: str = "mean", max_length: int | None = None) -> Backbone:
-    """Wrap a transformers base model (``AutoModel``) and its tokenizer as a Backbone."""
+    """Wrap a transformers base model (``AutoModel``) and its tokenizer as a Backbone.
+
+    Raises:
+        TokenizerError: the tokenizer holds only special tokens, or has more ids than the embedding rows.
+        ConfigError: ``pooling`` or ``max_length`` is not valid for this model.
+    """
+    check_pooling(pooling, POOLINGS)
+    check_tokenizer_fits(tokenizer, model, name)
     if tokenizer.pad_token is None:  # GPT-2 and Llama tokenizers have none
         tokenizer.pad_token = tokenizer.eos_token
-    limit = getattr(model.config, "max_position_embeddings", None) or 512
+    positions = getattr(model.config, "max_position_embeddings", None)  # None: no absolute positions
+    limit = positions or 512
     if max_length is None:
         max_length = min(limit, 512, tokenizer.model_max_length or 512)
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1 or (
+            positions and max_length > positions):
+        raise ConfigError(f"hf:{name}: max_length must be a whole number of tokens from 1 to {limit} (the "
+                          f"model's position limit), got {max_length!r}.")
     encoder = HFEncoder(model, pooling)
     pre = HFTokenizer(tokenizer, int(max_length))
     config = {"source": "hf", "name": name, "modality": "text", "feature_dim": int(model.config.hidden_size),
               "arch": {"model_type": model.config.model_type, "pooling": pooling}, "preprocess": pre.to_config()}
     return Backbone(encoder, pre, config)
+
+
+def check_tokenizer_files(directory: Path, what: str) -> None:
+    """Raise :class:`TokenizerError` unless ``directory`` holds the files of a tokenizer.
+
+    Without them ``AutoTokenizer`` silently builds one from ``config.json`` that knows only the special
+    tokens, so every word would become ``[UNK]``.
+    """
+    names = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+    if {"tokenizer.json", "vocab.txt"} & names or {"vocab.json", "merges.txt"} <= names or any(
+            n.endswith((".model", ".spm")) for n in names):
+        return
+    missing = "merges.txt (beside vocab.json)" if "vocab.json" in names else f"any of {', '.join(TOKENIZER_FILES)}"
+    raise TokenizerError(
+        f"{what}: {directory} has no tokenizer files (missing {missing}), so every word would be mapped to "
+        "[UNK]. Copy the tokenizer files of the original checkpoint into it (tokenizer.save_pretrained(DIR)), "
+        "or save the model again.")
+
+
+def check_tokenizer_fits(tokenizer, model, name: str) -> None:
+    """Raise :class:`TokenizerError` when the tokenizer is empty or has ids past the embedding matrix."""
+    size, special = len(tokenizer), len(set(tokenizer.all_special_ids))
+    if size <= special:
+        raise TokenizerError(f"hf:{name}: the tokenizer knows only its {size} special tokens, so every word "
+                             "would be mapped to [UNK]; its vocabulary files are missing. Use a checkpoint "
+                             "with tokenizer files (tokenizer.json, vocab.txt...).")
+    embeddings = model.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and size > rows:
+        raise TokenizerError(f"hf:{name}: the tokenizer has {size} tokens but the embedding matrix has only "
+                             f"{rows} rows, so ids >= {rows} would index past it. The tokenizer belongs to "
+                             "another model: use the tokenizer saved with these weights.")
+
+
+def _offline_reason() -> str:
+    from transferkit.zoo.settings import offline_reason
+
+    return offline_reason()
 
 
 @register_source("hf", rebuild=lambda config, directory: _rebuild(config, directory),
@@ -95,27 +154,48 @@ def hf(name: str, *, pooling: str = "mean", max_length: int | None = None, weigh
         weights: ``"default"`` loads the checkpoint's weights; ``None``/``"random"`` builds the same
             architecture and tokenizer with random weights (the baseline transfer is measured against).
         revision: a Hub branch, tag or commit to pin.
+
+    Raises:
+        TokenizerError: a directory without tokenizer files, or a tokenizer that does not fit the model.
+        UnsafeWeightsError: the weights are a pickle that ``torch.load(weights_only=True)`` refuses.
+        OfflineError: offline mode is on and the Hub id is not in the local cache.
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    check_pooling(pooling, POOLINGS)
+    if weights not in (None, "random", "none", "default"):
+        raise WeightsError(f"hf:{name}: weights must be 'default' or None (random), got {weights!r}.")
     path = os.path.expanduser(name)
     # A Hub id is "name" or "org/name"; anything path-like that is not a directory is a missing checkpoint.
     if not os.path.isdir(path) and (name.startswith((".", "/", "~")) or os.path.exists(path)):
         raise BackboneFileNotFoundError(f"hf:{name}: no such directory. Give a transformers checkpoint "
                                         "directory or a Hub model id such as 'bert-base-uncased'.")
+    if os.path.isdir(path):
+        check_tokenizer_files(Path(path), f"hf:{name}")
+    offline = _offline_reason()
+    kwargs = {"revision": revision, "trust_remote_code": False, "local_files_only": bool(offline)}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=False)
-        if weights in (None, "random", "none"):
-            cfg = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=False)
-            model = AutoModel.from_config(cfg)
-        elif weights == "default":
-            model = AutoModel.from_pretrained(path, revision=revision, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        if weights == "default":
+            model = AutoModel.from_pretrained(path, **kwargs)
         else:
-            raise WeightsError(f"hf:{name}: weights must be 'default' or None, got {weights!r}")
+            model = AutoModel.from_config(AutoConfig.from_pretrained(path, **kwargs))
+    except pickle.UnpicklingError as e:
+        raise UnsafeWeightsError(
+            f"hf:{name}: its weights are a pickle (pytorch_model.bin) holding Python objects that "
+            "torch.load(weights_only=True) refuses, and transferkit never unpickles. In a trusted environment "
+            "only, convert it to safetensors: load it with torch.load(PATH, weights_only=False) and write its "
+            "tensors with safetensors.torch.save_file(..., 'model.safetensors') (older transformers: "
+            "save_pretrained(DIR, safe_serialization=True)); or pass weights=None for random weights.") from e
     except OSError as e:
         if os.path.isdir(path):
             raise BackboneFileNotFoundError(f"hf:{name}: the directory is not a complete transformers "
                                             f"checkpoint ({e}).") from e
+        if offline:
+            var = offline.partition("=")[0]
+            raise OfflineError(
+                f"hf:{name}: not in the local Hugging Face cache and offline mode is on ({offline}): unset "
+                f"{var}, or pass a local directory / a zoo: name.") from e
         raise UnknownBackboneError(
             f"hf:{name}: could not load it from the Hugging Face Hub or its cache ({type(e).__name__}: {e}). "
             "Check the model id, or pass a local checkpoint directory (offline: set HF_HUB_OFFLINE=1 and use "
@@ -126,11 +206,18 @@ def hf(name: str, *, pooling: str = "mean", max_length: int | None = None, weigh
 def _rebuild(config: dict, directory: Path) -> Backbone:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    from transferkit.errors import CheckpointError
+
     assets = directory / config["preprocess"]["tokenizer_dir"]
-    model = AutoModel.from_config(AutoConfig.from_pretrained(assets, trust_remote_code=False))
-    tokenizer = AutoTokenizer.from_pretrained(assets, trust_remote_code=False)
+    check_tokenizer_files(assets, f"saved model {directory}")
+    try:
+        model = AutoModel.from_config(AutoConfig.from_pretrained(assets, trust_remote_code=False))
+        tokenizer = AutoTokenizer.from_pretrained(assets, trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"saved model {directory}: cannot rebuild the transformers model from {assets} "
+                              f"({type(e).__name__}: {e}). Save the model again.") from e
     return from_model(model, tokenizer, name=config["name"], pooling=config["arch"]["pooling"],
-                 max_length=config["preprocess"]["max_length"])
+                      max_length=config["preprocess"]["max_length"])
 
 
 def save_assets(backbone: Backbone, directory: Path) -> None:

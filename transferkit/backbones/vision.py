@@ -12,22 +12,29 @@ Weights are chosen with ``weights=`` (never a bare boolean):
 
 The image transform (input size, resize, mean, std, interpolation) comes from the weights' metadata;
 ``image_size=N`` gives the network ``N×N`` inputs instead (handy on a CPU or for small images).
+
+With ``HF_HUB_OFFLINE=1`` or ``TRANSFERKIT_OFFLINE=1``, pretrained weights that are not cached are an
+:class:`~transferkit.errors.OfflineError`; a pickled weights file is an
+:class:`~transferkit.errors.UnsafeWeightsError`.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from transferkit.errors import BackboneFileNotFoundError, UnknownBackboneError, WeightsError
+from transferkit.errors import (BackboneFileNotFoundError, ConfigError, OfflineError, UnknownBackboneError,
+                                UnsafeWeightsError, WeightsError)
 
 from .assets import find_package_dir, package_dir
 from .base import Backbone, Features
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, transform_for
-from .registry import close_matches, register_source
+from .registry import close_matches, option_error, register_source
 
 RANDOM = (None, "random", "none")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -39,14 +46,26 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise BackboneFileNotFoundError(f"weights file {path!r} does not exist.")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"{path!r} is not a readable safetensors file ({e}): it is truncated or in "
+                               "another format. Download or save it again.") from e
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors come in many types
-        raise WeightsError(f"cannot read {path!r} as weights with torch.load(weights_only=True): {e}. "
-                           "transferkit never unpickles arbitrary objects; convert the file to safetensors.") from e
+    except pickle.UnpicklingError as e:
+        raise UnsafeWeightsError(
+            f"{path!r} is a pickle holding Python objects that torch.load(weights_only=True) refuses, and "
+            "transferkit never unpickles arbitrary objects. In a trusted environment only, convert it: "
+            "torch.load(PATH, weights_only=False), then safetensors.torch.save_file(state_dict, "
+            "'weights.safetensors'), and pass that file.") from e
+    except Exception as e:  # truncated zip archives, wrong magic numbers...
+        raise WeightsError(f"cannot read {path!r} as weights with torch.load(weights_only=True) "
+                           f"({type(e).__name__}: {e}): it is truncated or not a PyTorch weights file. "
+                           "Download it again, or convert it to safetensors.") from e
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -122,8 +141,9 @@ def _truncate(model: nn.Module, stage: int | None, what: str) -> int:
     if stage is None:
         return int(model.num_features)
     stages = len(model.feature_info)
-    if not -stages <= stage < stages:
-        raise ValueError(f"{what} has stages 0..{stages - 1}; got stage={stage}")
+    if not isinstance(stage, int) or isinstance(stage, bool) or not -stages <= stage < stages:
+        raise ConfigError(f"{what} has stages 0..{stages - 1} (negative counts from the end); got "
+                          f"stage={stage!r}. Choose one of {list(range(stages))}.")
     model.prune_intermediate_layers(indices=[stage], prune_norm=True, prune_head=True)
     return int(model.feature_info[stage]["num_chs"])
 
@@ -148,6 +168,25 @@ LOCAL_TIMM_WEIGHTS: dict[str, tuple[str, Callable[[nn.Module], None]]] = {
 }
 
 
+def _offline_reason() -> str:
+    from transferkit.zoo.settings import offline_reason
+
+    return offline_reason()
+
+
+def _offline_error(what: str, reason: str) -> OfflineError:
+    return OfflineError(f"{what}: the pretrained weights are not in the local cache and offline mode is on "
+                        f"({reason}): unset {reason.partition('=')[0]}, or pass weights=None (random), "
+                        "weights='path/to/file.safetensors', or a zoo: name.")
+
+
+def _check_image_size(image_size: Any, what: str) -> None:
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool)
+                                   or image_size < 1):
+        raise ConfigError(f"{what}: image_size must be a positive whole number of pixels (the side of the "
+                          f"square input), or None for the weights' own size; got {image_size!r}.")
+
+
 def _timm_names() -> list[str]:
     import timm
 
@@ -157,10 +196,23 @@ def _timm_names() -> list[str]:
 def _timm_model(name: str, **kwargs: Any) -> nn.Module:
     import timm
 
-    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except TypeError as e:  # a keyword neither transferkit nor the timm network takes
+        found = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if not found or found.group(1) not in kwargs:
+            raise
+        raise option_error(f"timm:{name}", found.group(1), list(TIMM_OPTIONS),
+                           " (the rest go to timm.create_model, and this network does not take it either)") from e
+
+
+# The options timm_backbone takes itself; others are keyword arguments of timm.create_model.
+TIMM_OPTIONS = ("weights", "image_size", "stage")
 
 
 @register_source("timm", rebuild=lambda config, directory: _timm_rebuild(config), list_names=_timm_names,
+                 # LOCAL_TIMM_WEIGHTS keys use each architecture's default tag, so the bare name serves them.
+                 builtin_names=lambda: sorted({k.partition(".")[0] for k in LOCAL_TIMM_WEIGHTS}),
                  usage="timm:NAME[.tag]; options: weights='default'|None|TAG|PATH, image_size=N, stage=N, "
                        "plus timm.create_model keyword arguments (drop_rate, drop_path_rate...)")
 def timm_backbone(name: str, *, weights: str | None = "default", image_size: int | None = None,
@@ -177,6 +229,7 @@ def timm_backbone(name: str, *, weights: str | None = "default", image_size: int
     """
     import timm
 
+    _check_image_size(image_size, f"timm:{name}")
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
         raise UnknownBackboneError(f"timm:{name}: unknown timm architecture.{close_matches(arch, timm.list_models(), 'timm')}"
@@ -217,6 +270,9 @@ def _timm_download(full: str, model_kwargs: dict) -> nn.Module:
     try:
         return timm.create_model(full, pretrained=True, num_classes=0, **model_kwargs)
     except Exception as e:
+        reason = _offline_reason()
+        if reason:
+            raise _offline_error(f"timm:{full}", reason) from e
         raise WeightsError(
             f"timm:{full}: could not get the pretrained weights ({type(e).__name__}: {e}). Without network "
             "access pass weights=None for random initialisation or weights='path/to/file.safetensors'.") from e
@@ -271,6 +327,7 @@ def torchvision_backbone(name: str, *, weights: str | None = "default", image_si
     """A torchvision classification model (``torchvision.models.get_model``) with its classifier removed."""
     import torchvision.models as tvm
 
+    _check_image_size(image_size, f"torchvision:{name}")
     arch, _, tag = name.partition(".")
     names = _torchvision_names()
     if arch not in names:
@@ -285,8 +342,12 @@ def torchvision_backbone(name: str, *, weights: str | None = "default", image_si
         except KeyError as e:
             tags = [w.name for w in tvm.get_model_weights(arch)]
             raise UnknownBackboneError(f"torchvision:{name}: unknown weights {choice!r}; {arch} has {tags}.") from e
+    download = None if path or weights in RANDOM else enum
+    reason = _offline_reason() if download is not None else ""
+    if reason and not _torch_hub_cached(download.url):
+        raise _offline_error(f"torchvision:{name}", reason)
     try:
-        model = tvm.get_model(arch, weights=None if path or weights in RANDOM else enum)
+        model = tvm.get_model(arch, weights=download)
     except Exception as e:
         raise WeightsError(f"torchvision:{name}: could not get the weights {enum} ({type(e).__name__}: {e}). "
                            "Without network access pass weights=None or weights='path/to/file.pth'.") from e
@@ -295,6 +356,13 @@ def torchvision_backbone(name: str, *, weights: str | None = "default", image_si
         _load_into(model, load_weights_file(path), f"torchvision:{arch} from {path}", (classifier + ".",))
     arch_cfg = {"model": arch, "weights": "random" if weights in RANDOM and not path else (path or str(enum))}
     return _wrap(model, "torchvision", name, feature_dim, _torchvision_transform(enum, image_size), arch_cfg)
+
+
+def _torch_hub_cached(url: str) -> bool:
+    """Whether torch.hub (which torchvision downloads through) already holds the file at ``url``."""
+    from urllib.parse import urlparse
+
+    return os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path)))
 
 
 def _torchvision_rebuild(config: dict) -> Backbone:

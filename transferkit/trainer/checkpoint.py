@@ -1,11 +1,13 @@
 """Training checkpoints that resume exactly: weights, optimiser, schedule, loss scale, RNG and data position.
 
-Layout of ``OUTPUT/checkpoint/`` (written to a temporary directory, then renamed over the previous one,
-so a run killed while saving still has its last good checkpoint):
+Layout of ``OUTPUT/checkpoint/`` (written to a temporary directory, then swapped with the previous one by
+:func:`transferkit.files.replace_dir`, so a run killed while saving still has its last good checkpoint):
 
 * ``model.safetensors`` — the task's weights (backbone, head, pretext head);
 * ``optimizer.safetensors`` — every tensor of the optimiser state (``state.<param>.<name>``);
-* ``best.safetensors`` — the best validation weights so far (early stopping restores them), if any;
+* ``best.safetensors`` — the best validation weights so far (early stopping restores them), without
+  parameters that never learned in the run; not written when the checkpoint ends the best epoch
+  (``state.json``'s ``best_keys`` then names the tensors of ``model.safetensors``);
 * ``rng.safetensors`` — torch CPU and CUDA generator states;
 * ``state.json`` — epoch, step, position in the epoch, history, optimiser hyper-parameters, schedule,
   loss scaler, Python and NumPy generator states.
@@ -17,8 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferkit import files
 from transferkit.errors import CheckpointError
 
 NAME = "checkpoint"
@@ -36,13 +37,11 @@ def save(directory: Path, task: nn.Module, optimizer: torch.optim.Optimizer, bes
     """Write a checkpoint to ``directory / "checkpoint"`` atomically; returns its path."""
     from safetensors.torch import save_file, save_model
 
-    from transferkit.model import _replace_dir
-
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{NAME}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    target = directory / NAME
+    files.recover(target, complete=_complete)
+    files.clean_stale(target, locked=False)  # what killed saves left, unless a live process owns it
+    with files.replacing_dir(target) as tmp:
         save_model(task, str(tmp / "model.safetensors"))
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -57,19 +56,20 @@ def save(directory: Path, task: nn.Module, optimizer: torch.optim.Optimizer, bes
                 "python_rng": _jsonable(random.getstate()),
                 "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
         (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
-        _replace_dir(tmp, directory / NAME)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory / NAME
 
 
+def _complete(path: Path) -> bool:
+    return (path / "state.json").is_file()
+
+
 def find(directory: Path) -> Path | None:
-    """The checkpoint in ``directory``; also one left aside by a save that was killed mid-rename."""
+    """The checkpoint in ``directory``; one left aside by a save killed mid-rename is restored first."""
     path = Path(directory) / NAME
-    if (path / "state.json").is_file():
+    files.recover(path, complete=_complete)
+    if _complete(path):
         return path
-    leftovers = sorted(Path(directory).glob(f".{NAME}.old-*/state.json"))
+    leftovers = sorted(Path(directory).glob(f".{NAME}.old-*/state.json"))  # e.g. a read-only directory
     return leftovers[0].parent if leftovers else None
 
 
@@ -78,31 +78,51 @@ def load(path: Path, task: nn.Module, optimizer: torch.optim.Optimizer) -> tuple
 
     RNG states are *not* applied here: call :func:`restore_rng` once the data position is reached.
     """
-    from safetensors.torch import load_file, load_model
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
 
     path = Path(path)
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot resume from {path}: {path / 'state.json'} is damaged ({e}). Delete "
+                              f"{path} to start afresh.") from e
+    try:
         missing, unexpected = load_model(task, str(path / "model.safetensors"), strict=False)
-    except (OSError, ValueError, RuntimeError) as e:
+    except RuntimeError as e:
         raise CheckpointError(f"cannot resume from {path}: {e}. Delete it to start afresh.") from e
+    except (SafetensorError, OSError) as e:
+        raise _damaged(path / "model.safetensors", e) from e
     if missing or unexpected:
         raise CheckpointError(f"cannot resume from {path}: it holds another model (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}). Use another output directory or resume=False.")
-    tensors = load_file(str(path / "optimizer.safetensors"))
+    tensors = _load_file(path / "optimizer.safetensors")
     try:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("optimizer_groups")))
-    except ValueError as e:
+    except (ValueError, KeyError) as e:
         raise CheckpointError(f"cannot resume from {path}: the optimiser does not match ({e}); the strategy "
                               "or trainable parameters changed since it was written.") from e
     best = path / "best.safetensors"
-    return state, (load_file(str(best)) if best.is_file() else None)
+    return state, (_load_file(best) if best.is_file() else None)
+
+
+def _damaged(file: Path, e: BaseException) -> CheckpointError:
+    return CheckpointError(f"cannot resume from {file.parent}: {file} is damaged (truncated or not a safetensors "
+                           f"file: {e}). Delete {file.parent} to start afresh, or resume=False.")
+
+
+def _load_file(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as e:  # junk, truncated, missing
+        raise _damaged(file, e) from e
 
 
 def restore_rng(path: Path, state: dict) -> None:
-    from safetensors.torch import load_file
-
-    rng = load_file(str(Path(path) / "rng.safetensors"))
+    rng = _load_file(Path(path) / "rng.safetensors")
     torch.set_rng_state(rng["torch"])
     cuda = [rng[k] for k in sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
     if cuda and torch.cuda.is_available():

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from transferkit.errors import DataError
+from transferkit.errors import CheckpointError, DataError
 
 from . import checkpoint, distributed
 from .optim import build_optimizer, build_scheduler
@@ -68,13 +68,18 @@ class Trainer:
         lr_decay: layer-wise learning-rate decay: the top backbone layer group gets ``lr``, each lower
             one ``lr_decay`` times the one above; combines with any strategy. ``None``: same lr throughout.
         metric: validation metric that selects the best epoch: ``"accuracy"``, ``"macro_f1"``, ``"loss"``
-            or a name in ``metrics``. Tasks that do not report it select on loss.
+            or a name in ``metrics``. Tasks that do not report it select on loss. Epochs that tie on it
+            (the same value exactly, as accuracy on a small validation set often does) are told apart by
+            validation loss, the lower winning; if the loss ties too the earlier epoch is kept. An epoch
+            that wins only by the tie-break is an improvement: its weights are kept and it resets
+            ``patience``.
         metrics: extra validation metrics for classification, ``name → fn(confusion) -> float`` where
             ``confusion[i, j]`` counts examples of class ``i`` predicted as ``j`` (a NumPy array). It is
             accumulated batch by batch, so no prediction is kept, and any metric of the confusion matrix
             (balanced accuracy, MCC, Cohen's kappa, per-class recall...) is exact.
         patience: stop after this many epochs without improvement; ``None`` trains all epochs. With
-            validation data the best epoch's weights are restored either way.
+            validation data the best epoch's weights are restored either way: :attr:`best` says which
+            and why, and that epoch's history record gets ``"restored": True``.
         max_steps: stop after this many optimiser steps (needed for a schedule over a streamed corpus).
         seed: seeds Python, NumPy, torch and the data order, so a CPU run is repeatable.
         device: ``"cuda"`` when available, else ``"cpu"``, unless given (under ``torchrun`` each process
@@ -91,6 +96,10 @@ class Trainer:
             on for CUDA.
         progress: show a progress bar.
         callbacks: event name → list of ``fn(trainer, state)``.
+
+    After :meth:`fit`, ``trainer.best`` is the epoch whose weights were restored, or ``None`` without
+    validation data: ``{"epoch": 7, "metric": "accuracy", "value": 0.5, "val_loss": 0.675, "reason":
+    "highest val_accuracy (0.5000), tied with epochs 1-6, 8-20; lowest val_loss among them (0.6750)"}``.
     """
 
     epochs: int = 3
@@ -121,6 +130,8 @@ class Trainer:
     channels_last: bool | None = None
     progress: bool = True
     callbacks: dict[str, list[Callable]] = field(default_factory=dict)
+    # Not a setting (no annotation, so not a field): set by fit(), see the class docstring.
+    best = None
 
     def __post_init__(self):
         unknown = set(self.callbacks) - set(EVENTS)
@@ -146,10 +157,22 @@ class Trainer:
         Returns:
             One dict per epoch: ``epoch``, ``step``, ``train_loss``, ``lr``, ``seconds`` and ``val_*`` metrics.
         """
+        world, device = distributed.setup(self.device)
+        if self.output_dir is None or not world.main:
+            return self._fit(model, train, val, resume, world, device)
+        from transferkit.files import claim_run_dir, output_lock
+
+        # The run directory is transferkit's alone: never one holding the user's files, never two runs at once.
+        with output_lock(self.output_dir):
+            claim_run_dir(self.output_dir, resume=resume)
+            return self._fit(model, train, val, resume, world, device)
+
+    def _fit(self, model: nn.Module, train: Any, val: Any, resume: bool, world: distributed.World,
+             device: torch.device) -> list[dict]:
         from .strategies import get_strategy
 
+        self.best = None
         task = as_task(model)
-        world, device = distributed.setup(self.device)
         seed_everything(self.seed)
         train_examples = task.examples(train)
         val_examples = task.examples(val) if val is not None else None
@@ -165,6 +188,9 @@ class Trainer:
         groups = strategy.param_groups(task, lr=self.lr, head_lr=self.head_lr, weight_decay=self.weight_decay,
                                        lr_decay=self.lr_decay)
         optimizer = build_optimizer(self.optimizer, groups, self.lr, device)
+        # Gradients left from before fit would join the first step's, move frozen parameters and give
+        # them optimiser state.
+        optimizer.zero_grad(set_to_none=True)
         steps = None if isinstance(train_examples, IterableDataset) else distributed.steps_per_epoch(
             len(train_examples), self.batch_size, self.accumulate, world)
         total = self.max_steps or (steps * self.epochs if steps else None)
@@ -176,6 +202,9 @@ class Trainer:
             raise ValueError("resume=True needs output_dir, where the checkpoint is.")
         if saved is not None:
             state, run.best_state = checkpoint.load(saved, task, optimizer)
+            if state.get("best_keys") is not None:  # the best epoch was the saved one: see _save
+                weights = task.state_dict()
+                run.best_state = {k: weights[k].detach().clone() for k in state["best_keys"]}
             scheduler.load_state_dict(state["scheduler"])
             precision.load_state_dict(state["scaler"])
             run.load(state)
@@ -189,6 +218,7 @@ class Trainer:
             run.start_epoch(epoch)
             task.train()
             strategy.apply(task, epoch)
+            run.cover(task)
             forward = self._forward(task, world)
             # Once the data is at the saved position, the random state is restored too.
             ready = (lambda path=saved, state=state: checkpoint.restore_rng(path, state)) if saved else None
@@ -222,11 +252,20 @@ class Trainer:
             if self.patience is not None and run.stale > self.patience:
                 break
         strategy.finish(task)  # gives back the trainable parts the backbone had before fit
+        if run.best_epoch is not None:
+            from .report import describe_best
+
+            self.best = describe_best(run.history, run.best_epoch, self.metric)
+            next(r for r in run.history if r["epoch"] == run.best_epoch)["restored"] = True
         if run.best_state is not None:
-            task.load_state_dict(run.best_state)
+            # The best weights leave out parameters that never learned in this run: they have not moved.
+            unexpected = task.load_state_dict(run.best_state, strict=False).unexpected_keys
+            if unexpected:
+                raise CheckpointError(f"the best epoch's weights hold {unexpected[:3]}, which this model does "
+                                      "not have; resume with the model the run started with, or resume=False.")
         task.eval()
         head = getattr(getattr(task, "model", None), "head", None)
-        self._emit(callbacks, "on_train_end", {"history": run.history, "best": run.best,
+        self._emit(callbacks, "on_train_end", {"history": run.history, "best": self.best,
                                                "output_dir": self.output_dir, "confusion": run.confusion,
                                                "labels": getattr(head, "labels", None)})
         return run.history
@@ -368,7 +407,10 @@ class Trainer:
 
     def _save(self, output: Path, task, optimizer, scheduler, precision, run: "_Run", next_epoch: bool) -> None:
         position = run.state(next_epoch)
-        checkpoint.save(output, task, optimizer, run.best_state,
+        # At the end of the best epoch its weights are the model's: name them instead of a second copy.
+        same = next_epoch and run.best_state is not None and run.best_epoch == run.epoch
+        position["best_keys"] = sorted(run.best_state) if same else None
+        checkpoint.save(output, task, optimizer, None if same else run.best_state,
                         {**position, "scheduler": scheduler.state_dict(), "scaler": precision.state_dict()})
 
     def _callbacks(self, output: Path | None, world: distributed.World) -> dict[str, list[Callable]]:
@@ -403,8 +445,11 @@ class _Run:
     items: float = 0.0
     elapsed: float = 0.0  # seconds of the current epoch before a resume
     history: list = field(default_factory=list)
-    best: float | None = None
+    best: float | None = None  # the best epoch's value of the selection metric
+    best_loss: float | None = None  # ... its validation loss (breaks ties)
+    best_epoch: int | None = None
     stale: int = 0
+    # The best epoch's weights, without the parameters that had not learned yet (they have not moved).
     best_state: dict | None = None
     confusion: Any = None
     started: float = 0.0
@@ -418,15 +463,25 @@ class _Run:
         return self.elapsed + time.perf_counter() - self.started
 
     def judge(self, metrics: dict, metric: str, task: nn.Module, confusion) -> None:
-        """Keep the weights of the best epoch so far."""
+        """Keep the weights of the best epoch so far; a tie on ``metric`` goes to the lower loss."""
         name = metric if metric in metrics else "loss"  # pretext tasks report loss
-        score = metrics[name]
-        if self.best is None or (score < self.best if name in MINIMISED else score > self.best):
-            self.best, self.stale = score, 0
-            self.best_state = {k: v.detach().clone() for k, v in task.state_dict().items()}
+        score, loss = metrics[name], metrics.get("loss")
+        if better(score, loss, self.best, self.best_loss, name in MINIMISED):
+            self.best, self.best_loss, self.best_epoch, self.stale = score, loss, self.epoch, 0
+            kept = set(self.best_state or ())
+            self.best_state = {k: v.detach().clone() for k, v in task.state_dict(keep_vars=True).items()
+                               if k in kept or not _frozen(v)}
             self.confusion = confusion.clone() if confusion is not None else None
         else:
             self.stale += 1
+
+    def cover(self, task: nn.Module) -> None:
+        """Add to the best weights the parameters that learn from now on, before they move."""
+        if self.best_state is None:
+            return
+        for k, v in task.state_dict(keep_vars=True).items():
+            if k not in self.best_state and not _frozen(v):
+                self.best_state[k] = v.detach().clone()
 
     def state(self, next_epoch: bool) -> dict:
         if next_epoch:
@@ -436,12 +491,32 @@ class _Run:
                         "items": self.items, "elapsed": self.seconds()}
         confusion = self.confusion.tolist() if self.confusion is not None else None
         return {**position, "step": self.step, "history": self.history, "best": self.best, "stale": self.stale,
-                "confusion": confusion}
+                "best_loss": self.best_loss, "best_epoch": self.best_epoch, "confusion": confusion}
 
     def load(self, state: dict) -> None:
         for name in ("epoch", "epoch_step", "step", "loss_sum", "items", "elapsed", "history", "best", "stale"):
             setattr(self, name, state[name])
+        # Checkpoints written before ties were broken by loss have neither.
+        self.best_loss, self.best_epoch = state.get("best_loss"), state.get("best_epoch")
         self.confusion = torch.tensor(state["confusion"]) if state.get("confusion") is not None else None
+
+
+def better(score: float, loss: float | None, best: float | None, best_loss: float | None,
+           minimise: bool) -> bool:
+    """Whether an epoch scoring ``score`` (validation ``loss``) beats the best so far.
+
+    A tie on the score is won by a lower loss; NaN never wins and loses to any number.
+    """
+    if best is None or (math.isnan(best) and not math.isnan(score)):
+        return True
+    if score != best:
+        return score < best if minimise else score > best
+    return loss is not None and best_loss is not None and loss < best_loss
+
+
+def _frozen(value: torch.Tensor) -> bool:
+    """A parameter that does not learn now (buffers such as BatchNorm statistics are never "frozen")."""
+    return isinstance(value, nn.Parameter) and not value.requires_grad
 
 
 def as_task(model: nn.Module) -> nn.Module:

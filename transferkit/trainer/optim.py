@@ -18,7 +18,12 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 def build_optimizer(name: str, groups: list[dict], lr: float, device: torch.device,
                     momentum: float = 0.9) -> torch.optim.Optimizer:
-    """AdamW (fused kernel on CPU/CUDA) or SGD with Nesterov momentum over ``groups``."""
+    """AdamW (fused kernel on CPU/CUDA) or SGD with Nesterov momentum over ``groups``.
+
+    Both create their state (AdamW's moments, SGD's momentum) lazily, for a parameter the first time it
+    has a gradient: frozen parameters in ``groups`` (listed so a strategy can unfreeze them later) cost
+    no memory and are not in a checkpoint's ``optimizer.safetensors``.
+    """
     groups = [{k: v for k, v in g.items()} for g in groups]
     if name == "adamw":
         # The fused kernel updates all parameters in one pass: several times faster for large embedding

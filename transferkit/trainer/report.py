@@ -47,11 +47,12 @@ def _atomic(path: Path) -> Iterator[Path]:
 class CSVLogger:
     """Write ``metrics.csv`` (one row per epoch) and ``steps.csv`` (one row per optimiser step).
 
-    ``metrics.csv`` has the columns ``epoch, step, train_loss, val_*..., seconds``; ``steps.csv`` has
-    ``step, epoch, loss, lr`` (``lr`` empty when the trainer does not report it). A step costs one list
-    append: step rows are buffered and appended to the file at each epoch's end. ``metrics.csv`` is
-    rewritten whole and atomically at each epoch's end, so a column first reported at a later epoch gets
-    its header (earlier rows leave it empty).
+    ``metrics.csv`` has the columns ``epoch, step, train_loss, val_*..., seconds`` and, once training
+    ends with validation data, ``restored`` (``1`` in the row of the epoch whose weights the Trainer
+    restored, empty elsewhere); ``steps.csv`` has ``step, epoch, loss, lr`` (``lr`` empty when the trainer
+    does not report it). A step costs one list append: step rows are buffered and appended to the file at
+    each epoch's end. ``metrics.csv`` is rewritten whole and atomically at each epoch's end, so a column
+    first reported at a later epoch gets its header (earlier rows leave it empty).
 
     A run that starts at epoch 1 replaces earlier files; a resumed run keeps their rows from before its
     first epoch and step.
@@ -95,6 +96,17 @@ class CSVLogger:
 
     def on_train_end(self, trainer: Any, state: dict) -> None:
         self._flush_steps()
+        best = state.get("best")
+        if not best:
+            return
+        if self._epochs is None:  # resumed after the last epoch: the file holds every row
+            self._epochs = _rows_before(self.output_dir / "metrics.csv", "epoch", math.inf)
+        for row in self._epochs:
+            row.pop("restored", None)
+            if _number(row.get("epoch")) == best["epoch"]:
+                row["restored"] = 1
+        if self._epochs:
+            self._write_metrics()
 
     def _flush_steps(self) -> None:
         if not self._steps:
@@ -123,6 +135,50 @@ class CSVLogger:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with _atomic(self.output_dir / "metrics.csv") as tmp:
             tmp.write_text(text.getvalue(), encoding="utf-8")
+
+
+def describe_best(history: Sequence[dict], epoch: int, metric: str) -> dict[str, Any]:
+    """Why the Trainer restored ``epoch``: its selection value, its validation loss and the ties it won.
+
+    Args:
+        history: the records of ``Trainer.fit`` (``epoch``, ``val_*``).
+        epoch: the restored epoch.
+        metric: ``Trainer.metric``; ``"loss"`` when the history has no ``val_<metric>`` (as the Trainer does).
+
+    Returns:
+        ``{"epoch", "metric", "value", "val_loss", "reason"}``; e.g. the reason "highest val_accuracy
+        (0.5000), tied with epochs 1-6, 8-20; lowest val_loss among them (0.6750)".
+    """
+    from .loop import MINIMISED
+
+    name = metric if any(f"val_{metric}" in row for row in history) else "loss"
+    key = f"val_{name}"
+    record = next(row for row in history if row.get("epoch") == epoch)
+    value, loss = record[key], record.get("val_loss")
+    reason = f"{'lowest' if name in MINIMISED else 'highest'} {key} ({value:.4f})"
+    ties = [row["epoch"] for row in history if row is not record and row.get(key) == value]
+    if ties:
+        reason += f", tied with {_epochs(ties)}"
+    if ties and name != "loss" and loss is not None:
+        reason += f"; lowest val_loss among them ({loss:.4f})"
+        ties = [row["epoch"] for row in history if row["epoch"] in ties and row.get("val_loss") == loss]
+        if ties:
+            reason += f"; {_epochs(ties)} tie{'s' if len(ties) == 1 else ''} on val_loss too: the earliest kept"
+    elif ties:
+        reason += ": the earliest kept"
+    return {"epoch": epoch, "metric": name, "value": value, "val_loss": loss, "reason": reason}
+
+
+def _epochs(numbers: Iterable[int]) -> str:
+    """``[1, 2, 3, 5]`` as ``"epochs 1-3, 5"``; ``[4]`` as ``"epoch 4"``."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return f"epoch {text}" if len(spans) == 1 and spans[0][0] == spans[0][1] else f"epochs {text}"
 
 
 def _rows_before(path: Path, column: str, first: Any) -> list[dict[str, str]]:
@@ -323,6 +379,11 @@ def _curves_figure(history: list[dict]):
     _plot(panels[0], history, losses, "loss")
     if others:
         _plot(panels[1], history, others, "validation metric")
+    restored = [row["epoch"] for row in history if row.get("restored") and "epoch" in row]
+    for axes in panels if restored else ():
+        axes.axvline(restored[0], color="grey", linestyle="--", linewidth=1)
+        axes.annotate("restored", (restored[0], 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                      textcoords="offset points", color="grey", fontsize=8)
     return figure
 
 

@@ -154,6 +154,8 @@ def _run_trial(build_model: Callable[[], nn.Module], train: Any, val: Any,
     model = build_model()
     history = trainer.fit(model, train, val)
     metric, score, epoch = best_epoch(history, trainer.metric)
+    if getattr(trainer, "best", None) is not None:  # the epoch the Trainer restored (ties: lower val_loss)
+        epoch = trainer.best["epoch"]
     return {"score": score, "epoch": epoch, "seconds": time.perf_counter() - start}, metric, model
 
 
@@ -166,7 +168,8 @@ def best_epoch(history: Sequence[dict], metric: str) -> tuple[str, float, int]:
             no ``val_<metric>`` (as the Trainer does for tasks that do not report it).
 
     Returns:
-        ``(metric used, best value, its epoch)``; the earliest epoch on ties.
+        ``(metric used, best value, its epoch)``; the earliest epoch on ties (the Trainer itself breaks
+        ties by validation loss, and a search reports the epoch the Trainer restored).
     """
     if not any(f"val_{metric}" in row for row in history):
         metric = "loss"

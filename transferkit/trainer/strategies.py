@@ -38,6 +38,8 @@ when the groups the user left trainable learn.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import operator
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +47,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from transferkit.errors import ConfigError, OptionError
 
 _STRATEGIES: dict[str, Callable[..., "Strategy"]] = {}
 
@@ -91,7 +95,7 @@ class Strategy:
         """
         decay = self.lr_decay if lr_decay is None else lr_decay
         if decay is not None and not 0 < decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1], got {decay}")
+            raise ConfigError(f"lr_decay must be in (0, 1] (1 = no decay), got {decay!r}: choose e.g. 0.8.")
         backbone = find_backbone(task)
         named: list[tuple[str, float, list[nn.Parameter]]] = []
         seen: set[int] = set()
@@ -167,7 +171,8 @@ def class_balanced_weights(counts: list[int], beta: float = 0.999) -> torch.Tens
     Effective Number of Samples", arXiv 1901.05555). Classes without examples get weight 0.
     """
     if not 0 <= beta < 1:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
+        raise ConfigError(f"beta must be in [0, 1), got {beta!r}: 0 gives equal class weights, values near 1 "
+                          "(e.g. 0.999) approach inverse class frequency.")
     n = torch.tensor(counts, dtype=torch.float64)
     present = n > 0
     if not present.any():
@@ -207,15 +212,32 @@ def list_strategies() -> list[str]:
 
 
 def get_strategy(spec: str | Strategy, **options: Any) -> Strategy:
-    """A strategy by name (``"lp_ft"``, or ``"lp-ft"``), built with ``options``; a Strategy as is."""
+    """A strategy by name (``"lp_ft"``, or ``"lp-ft"``), built with ``options``; a Strategy as is.
+
+    Raises:
+        ConfigError: the name is unknown (a ``ValueError``); the message lists close matches and every name.
+        OptionError: an option the strategy does not take (a ``TypeError``); the message lists its options.
+    """
     if isinstance(spec, Strategy):
         if options:
-            raise TypeError("options are for strategy names; a Strategy instance is used as it is")
+            raise OptionError(f"options {sorted(options)} are for strategy names; a Strategy instance is used "
+                              "as it is: pass its name instead, or build it with the options yourself.")
         return spec
     key = str(spec).strip().lower().replace("-", "_")
     if key not in _STRATEGIES:
-        raise ValueError(f"unknown fine-tuning strategy {spec!r}; choose one of {', '.join(list_strategies())}.")
-    return _STRATEGIES[key](**options)
+        close = difflib.get_close_matches(key, list(_STRATEGIES), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"unknown fine-tuning strategy {spec!r}.{hint} Choose one of "
+                          f"{', '.join(list_strategies())} (CLI: --strategy NAME).")
+    builder = _STRATEGIES[key]
+    valid = list(inspect.signature(builder).parameters)
+    for name in options:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise OptionError(f"strategy {key!r} does not take the option {name!r}.{hint} Its options: "
+                              f"{', '.join(valid) or '(none)'}.")
+    return builder(**options)
 
 
 @register_strategy("full")
@@ -237,7 +259,7 @@ def gradual_unfreeze(every: int = 1, lr_decay: float | None = None) -> Strategy:
     With ``every=1``: epoch 1 head, epoch 2 head + last group, epoch 3 + the group below... until all.
     """
     if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
+        raise ConfigError(f"every must be a whole number of epochs >= 1, got {every!r}.")
     return Strategy("gradual_unfreeze", lambda epoch: (epoch - 1) // every, lr_decay=lr_decay)
 
 
@@ -251,7 +273,7 @@ def lp_ft(probe_epochs: int = 1, balanced: bool = False, beta: float = 0.999,
         beta: see :func:`class_balanced_weights`.
     """
     if probe_epochs < 0:
-        raise ValueError(f"probe_epochs must be >= 0, got {probe_epochs}")
+        raise ConfigError(f"probe_epochs must be a whole number of epochs >= 0, got {probe_epochs!r}.")
     return Strategy("lp_ft_balanced" if balanced else "lp_ft", lambda epoch: 0 if epoch <= probe_epochs else None,
                     lr_decay=lr_decay, balanced_epochs=probe_epochs if balanced else 0, beta=beta)
 

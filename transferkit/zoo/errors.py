@@ -7,6 +7,7 @@ clauses keep working.
 
 from __future__ import annotations
 
+from transferkit import errors as _errors
 from transferkit.errors import TransferkitError
 
 
@@ -25,8 +26,12 @@ class UnknownModelError(ZooError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class OfflineError(ZooError, FileNotFoundError):
-    """Offline mode is on and a file the entry needs is not in the cache; the message says how to get it."""
+class OfflineError(ZooError, _errors.OfflineError):
+    """Offline mode is on and a file the entry needs is not in the cache; the message says how to get it.
+
+    Also a :class:`transferkit.errors.OfflineError` (and so a ``FileNotFoundError``), so one ``except``
+    catches offline failures of the zoo and of the backbone sources alike.
+    """
 
 
 class UnverifiedModelError(ZooError, PermissionError):

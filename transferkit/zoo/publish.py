@@ -13,12 +13,11 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from transferkit.zoo.cache import write_json_atomic
+from transferkit import files as safe_files
 from transferkit.zoo.catalogue import ZooEntry, entry_from_raw
 from transferkit.zoo.errors import PublishError
 from transferkit.zoo.schema import MODALITIES, NAME_RE, SCHEMA_VERSION, validate_entry
@@ -129,9 +128,9 @@ def publish(model_dir: str | os.PathLike, root: str | os.PathLike, *, name: str,
             raise PublishError(f"{name!r} is already published in {catalogue_path}; pass overwrite=True "
                                "(--overwrite) to replace it, or choose a new tag")
         dest = root / "files" / family / leaf
-        staging = dest.with_name(f".{leaf}.staging-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        safe_files.clean_stale(dest, locked=True)  # the root lock is held: leftovers are a killed publish's
+        # The entry's files are staged beside ``dest`` and swapped in crash-safely, modes following the umask.
+        with safe_files.replacing_dir(dest) as staging:
             files = []
             for rel in relatives:
                 digest, size = _copy_hashed(model_dir / rel, staging / rel)
@@ -155,11 +154,6 @@ def publish(model_dir: str | os.PathLike, root: str | os.PathLike, *, name: str,
             problems = validate_entry(raw)
             if problems:
                 raise PublishError(f"{name}: the entry would be invalid: " + "; ".join(problems))
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(staging, dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         data["model"] = [e for e in data.get("model", []) if e.get("name") != name] + [raw]
-        write_json_atomic(catalogue_path, data)
+        safe_files.write_json_atomic(catalogue_path, data)
     return entry_from_raw(raw, base=catalogue_path.resolve().as_uri(), origin=str(catalogue_path))
