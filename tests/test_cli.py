@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from transferkit.cli import main, parse_options
+from transferkit.errors import OptionError
 
 from conftest import SENTENCES
 
@@ -94,7 +95,7 @@ def test_backbones_listing(capsys):
 def test_parse_options():
     assert parse_options(["weights=none", "image_size=64", "pooling=max", "x=1.5"]) == {
         "weights": None, "image_size": 64, "pooling": "max", "x": 1.5}
-    with pytest.raises(SystemExit):
+    with pytest.raises(OptionError, match="KEY=VALUE"):
         parse_options(["oops"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 EPILOG = """examples:
@@ -26,10 +27,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transferkit.errors import TransferkitError
 
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler
+        return code
     except TransferkitError as e:
-        print(f"transferkit: error: {e}", file=sys.stderr)
+        print(f"transferkit: error: {_one_line(e)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `transferkit predict ... | head`: the reader left; end quietly
+        _silence_stdout()
+        return 0
+    except KeyboardInterrupt:
+        print("transferkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: BaseException) -> str:
+    """The message on one line: a multi-line message keeps its lines, joined with ' | '."""
+    return " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush of the closed pipe stays quiet."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", help="validation data (same forms); default: a stratified split of --data")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of --data held out when --val is "
                                                                     "not given (default 0.2; 0 disables)")
-    p.add_argument("--output", required=True, help="directory to save the fine-tuned model to")
+    p.add_argument("--output", required=True,
+                   help="directory to save the fine-tuned model to; run state goes to OUTPUT.run/ (see --run-dir). "
+                        "A path holding anything but a transferkit model or an empty directory, a file, or '.' "
+                        "is refused before training; an existing transferkit model there is replaced once the "
+                        "new one is complete")
+    p.add_argument("--overwrite", action="store_true",
+                   help="also replace a directory at --output that is not a transferkit model (everything in it "
+                        "is removed once the new model is in place); files and '.' are always refused")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--epochs", type=int, default=3)
@@ -116,11 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_options(pairs: list[str]) -> dict:
     """``["weights=none", "image_size=64"]`` → ``{"weights": None, "image_size": 64}``."""
+    from transferkit.errors import OptionError
+
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"transferkit: error: --option takes KEY=VALUE, got {pair!r}")
+            raise OptionError(f"--option takes KEY=VALUE (e.g. --option image_size=64), got {pair!r}.")
         if value.lower() in ("none", "null", "random"):
             options[key] = None
             continue
@@ -132,10 +166,23 @@ def parse_options(pairs: list[str]) -> dict:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from transferkit.files import check_output, claim_run_dir, output_lock
+    from transferkit.trainer.strategies import get_strategy
+
+    # Every check that needs no data comes first: a bad --output or --strategy fails before any training.
+    output = check_output(args.output, overwrite=args.overwrite)
+    run_dir = Path(args.run_dir).absolute() if args.run_dir else output.with_name(output.name + ".run")
+    get_strategy(args.strategy)
+    with output_lock(output), output_lock(run_dir):  # a second run on the same --output is refused
+        claim_run_dir(run_dir, resume=args.resume)
+        return _train_and_save(args, output, run_dir)
+
+
+def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> int:
     import torch
 
     import transferkit as tk
-    from transferkit.data import infer_label_names, load_labelled, stratified_split
+    from transferkit.data import class_names, load_labelled, stratified_split
 
     tk.seed_everything(args.seed)
     data = load_labelled(args.data, text_column=args.text_column, label_column=args.label_column)
@@ -145,20 +192,19 @@ def _finetune(args: argparse.Namespace) -> int:
         train, val = stratified_split(data, args.val_fraction, seed=args.seed)
     else:
         train, val = data, None
-    names = infer_label_names(data.labels)
-    num_classes = len(names) if names else max(int(y) for y in data.labels) + 1
+    names, _ = class_names(data.labels)  # integer labels are class names too: 5 and 7 make two classes
+    num_classes = len(names)
     def build() -> tk.TransferModel:
         backbone = tk.load_backbone(args.backbone, **parse_options(args.option))
         if args.freeze:
             backbone.freeze()
-        return tk.TransferModel(backbone, tk.heads.Classification(num_classes, labels=names, hidden=args.hidden))
-    # Training state lives beside the model: save_pretrained replaces --output as a whole.
-    run_dir = args.run_dir or f"{args.output.rstrip('/')}.run"
+        return tk.TransferModel(backbone, tk.heads.Classification(labels=names, hidden=args.hidden))
+    # Training state lives beside the model (OUTPUT.run): save_pretrained replaces --output as a whole.
     trainer = tk.Trainer(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
                          head_lr=args.head_lr, optimizer=args.optimizer, schedule=args.schedule, warmup=args.warmup,
                          precision=args.precision, strategy=args.strategy, lr_decay=args.lr_decay,
                          metric=args.metric, patience=args.patience, seed=args.seed, device=args.device,
-                         num_workers=args.num_workers, compile=args.compile, output_dir=run_dir,
+                         num_workers=args.num_workers, compile=args.compile, output_dir=str(run_dir),
                          save_every=args.save_every,
                          loggers=("csv", "report") + (("tensorboard",) if args.tensorboard else ()),
                          progress=not args.no_progress)
@@ -170,28 +216,40 @@ def _finetune(args: argparse.Namespace) -> int:
         model = build()
         history = trainer.fit(model, train, val, resume=args.resume)
     for record in history:
-        print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        print("  " + "  ".join(f"{k}={_number(v)}" for k, v in record.items()))
+    if getattr(trainer, "best", None) and history:
+        print(f"restored epoch {trainer.best['epoch']}: {trainer.best['reason']}")
     best = {}
     if val is not None:
         best = trainer.evaluate(model, val)
         print("best validation: " + "  ".join(f"{k}={v:.4f}" for k, v in best.items()))
     model.to(torch.device("cpu"))
-    path = model.save_pretrained(args.output, metrics={f"val_{k}": v for k, v in best.items()})
+    path = model.save_pretrained(output, metrics={f"val_{k}": v for k, v in best.items()}, overwrite=args.overwrite)
     print(f"saved to {path}")
     return 0
 
 
+def _number(value) -> str:
+    """Floats readably at any scale: 0.9123, 3e-05, 1.2e+04; other values as they are."""
+    if not isinstance(value, float):
+        return str(value)
+    if value != 0 and not 1e-3 <= abs(value) < 1e4:
+        return f"{value:.3g}"
+    return f"{value:.4f}"
+
+
 def _search(build, train, val, trainer, args: argparse.Namespace):
     """Run the --search grid; returns the best model and its history."""
+    from transferkit.errors import ConfigError
     from transferkit.trainer import search
 
     if val is None:
-        raise SystemExit("transferkit: error: --search needs validation data (--val or --val-fraction > 0)")
+        raise ConfigError("--search needs validation data: pass --val, or --val-fraction above 0.")
     space = {}
     for item in args.search:
         key, sep, values = item.partition("=")
         if not sep or not values:
-            raise SystemExit(f"transferkit: error: --search takes FIELD=V1,V2,..., got {item!r}")
+            raise ConfigError(f"--search takes FIELD=V1,V2,... (e.g. --search lr=1e-4,3e-4), got {item!r}.")
         space[key] = [parse_options([f"{key}={v}"])[key] for v in values.split(",")]
     result = search(build, train, val, space, trials=args.trials, trainer=trainer, seed=args.seed)
     print(result.table())
@@ -200,10 +258,9 @@ def _search(build, train, val, trainer, args: argparse.Namespace):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from transferkit import TransferModel
-    from transferkit.data import IMAGE_SUFFIXES, load_labelled
+    from transferkit.data import IMAGE_SUFFIXES, load_inputs
+    from transferkit.errors import InputError
 
     model = TransferModel.from_pretrained(args.model)
     inputs = list(args.inputs)
@@ -214,10 +271,9 @@ def _predict(args: argparse.Namespace) -> int:
         elif path.suffix.lower() == ".txt":
             inputs += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         else:
-            table = load_labelled(path, text_column=args.text_column, label_column=args.text_column)
-            inputs += table.inputs
+            inputs += load_inputs(path, input_column=args.text_column)[0]
     if not inputs:
-        raise SystemExit("transferkit: error: nothing to predict: give inputs or --data")
+        raise InputError("nothing to predict: give inputs on the command line or a file with --data.")
     probs = model.predict_proba(inputs, batch_size=args.batch_size)
     labels = model.head.labels or list(range(model.head.num_classes))
     for raw, p in zip(inputs, probs):

@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from transferkit.errors import ConfigError
+
 # 20 Newsgroups: four well-separated groups keep the test set small while still being a real task.
 NEWSGROUPS = ("comp.graphics", "rec.sport.hockey", "sci.med", "talk.politics.mideast")
 
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = set(families) - set(FAMILIES)
     if unknown:
-        raise SystemExit(f"transferkit: error: unknown families {sorted(unknown)}; choose from {list(FAMILIES)}")
+        raise ConfigError(f"unknown families {sorted(unknown)}; choose from {list(FAMILIES)}.")
     needed = sorted({pkg for f in families for pkg in FAMILIES[f][1]})
     missing = [pkg for pkg in needed if find_package_dir(pkg) is None]
     if missing:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from transferkit.errors import ConfigError, OptionError
+
 # task name → (module, class or function, extra constructor keyword arguments)
 NETWORK_TASKS: dict[str, tuple[str, str, dict]] = {
     "mlm": ("transferkit.tasks.text", "MaskedLM", {}),
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"saved {args.task} vectors to {path}; load them with load_backbone('{args.task}:{path}')")
         return 0
     if not args.backbone:
-        raise SystemExit(f"transferkit: error: pretrain {args.task} needs --backbone")
+        raise ConfigError(f"pretrain {args.task} needs --backbone (e.g. --backbone scratch:bert or hf:DIR).")
     import transferkit as tk
 
     tk.seed_everything(args.seed)
@@ -95,10 +97,10 @@ def _backbone(spec: str, corpus: str, options: dict):
 
     arch = spec.split(":", 1)[1]
     if arch not in ("bert", "gpt2"):
-        raise SystemExit(f"transferkit: error: scratch models are scratch:bert or scratch:gpt2, not {spec!r}")
+        raise ConfigError(f"scratch models are scratch:bert or scratch:gpt2, not {spec!r}.")
     unknown = set(options) - set(SCRATCH_KEYS)
     if unknown:
-        raise SystemExit(f"transferkit: error: unknown scratch options {sorted(unknown)}; use {SCRATCH_KEYS}")
+        raise OptionError(f"unknown scratch options {sorted(unknown)}; the options are {SCRATCH_KEYS}.")
     tokenizer = train_tokenizer(corpus, kind="wordpiece" if arch == "bert" else "bpe",
                                 vocab_size=options.pop("vocab_size", 8000))
     return new_text_backbone(tokenizer, arch=arch, **options)
