@@ -89,26 +89,35 @@ def dir_mode() -> int:
 
 # ---------------------------------------------------------------------------------------- atomic files
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
-
-    Readers see the old file or the new one, never a part. The file gets ``0o666 & ~umask``.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to (by any means); when the block succeeds, flush
+    it to disk, give it ``0o666 & ~umask`` and rename it over ``path``. Readers see the old file or the
+    new one, never a part; on failure the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
-    return path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """:func:`atomic_path` for bytes or text (UTF-8) already in memory; returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:

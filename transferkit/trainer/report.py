@@ -17,11 +17,12 @@ import io
 import math
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from transferkit.files import atomic_path
 
 # The Trainer's events (``loop.EVENTS``), not imported from there so that loop.py may import this module.
 _EVENTS = ("on_train_start", "on_step_end", "on_epoch_end", "on_train_end")
@@ -31,17 +32,6 @@ STEP_COLUMNS = ("step", "epoch", "loss", "lr")
 def _callbacks(logger: object) -> dict[str, list[Callable]]:
     """The logger's ``on_*`` methods as a Trainer ``callbacks`` dict."""
     return {event: [getattr(logger, event)] for event in _EVENTS if hasattr(logger, event)}
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class CSVLogger:
@@ -133,7 +123,7 @@ class CSVLogger:
         writer.writeheader()
         writer.writerows(self._epochs)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with _atomic(self.output_dir / "metrics.csv") as tmp:
+        with atomic_path(self.output_dir / "metrics.csv") as tmp:
             tmp.write_text(text.getvalue(), encoding="utf-8")
 
 
@@ -345,7 +335,7 @@ def _new_figure(**kwargs):
 
 
 def _save(figure, path: Path) -> Path:
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
     return path
 

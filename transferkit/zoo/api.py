@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from transferkit.files import replace_dir
 from transferkit.zoo import hub as hub_mod
 from transferkit.zoo.archive import extract
 from transferkit.zoo.cache import (RECORD, entry_dir, entry_lock, incoming_dir, read_record, sha256_file,
@@ -176,13 +177,8 @@ def _prune_empty(directory: Path) -> None:
 
 
 def _swap_in(staging: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+    """Put the verified files in place; a kill never leaves the entry without its previous copy."""
+    replace_dir(staging, target)
 
 
 def _download_files(entry: ZooEntry, *, force: bool, progress: bool, trust_unverified: bool,
