@@ -15,7 +15,7 @@ from torch import nn
 
 import transferkit as tk
 from transferkit.backbones.word_vectors import from_vectors
-from transferkit.trainer.loop import _Run, better
+from transferkit.trainer.run import Run, better
 from transferkit.trainer.report import describe_best
 from transferkit.trainer.strategies import Strategy
 
@@ -69,7 +69,7 @@ def _trainer(**options):
 
 
 def _judged(scores, losses, metric="accuracy"):
-    run, task = _Run(), Toy()
+    run, task = Run(), Toy()
     for epoch, (score, loss) in enumerate(zip(scores, losses), 1):
         run.start_epoch(epoch)
         run.judge({metric: score, "loss": loss}, metric, task, None)

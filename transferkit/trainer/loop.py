@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import math
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -34,10 +33,9 @@ from transferkit.errors import CheckpointError, DataError
 from . import checkpoint, distributed
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
+from .run import Run
 
 EVENTS = ("on_train_start", "on_step_end", "on_epoch_end", "on_train_end")
-# Metrics where smaller is better; every other metric is maximised.
-MINIMISED = {"loss", "perplexity"}
 BUILTIN_METRICS = ("accuracy", "macro_f1", "loss")
 
 
@@ -195,7 +193,7 @@ class Trainer:
             len(train_examples), self.batch_size, self.accumulate, world)
         total = self.max_steps or (steps * self.epochs if steps else None)
         scheduler = build_scheduler(optimizer, self.schedule, self.warmup, total)
-        run = _Run()
+        run = Run()
         output = Path(self.output_dir) if self.output_dir else None
         saved = checkpoint.find(output) if resume and output else None
         if resume and output is None:
@@ -405,7 +403,7 @@ class Trainer:
             forward = compiled
         return forward
 
-    def _save(self, output: Path, task, optimizer, scheduler, precision, run: "_Run", next_epoch: bool) -> None:
+    def _save(self, output: Path, task, optimizer, scheduler, precision, run: "Run", next_epoch: bool) -> None:
         position = run.state(next_epoch)
         # At the end of the best epoch its weights are the model's: name them instead of a second copy.
         same = next_epoch and run.best_state is not None and run.best_epoch == run.epoch
@@ -432,91 +430,6 @@ class Trainer:
     def _emit(self, callbacks: dict[str, list[Callable]], event: str, state: dict) -> None:
         for fn in callbacks.get(event, []):
             fn(self, state)
-
-
-@dataclass
-class _Run:
-    """Where training is: what a checkpoint records besides weights and optimiser."""
-
-    epoch: int = 1
-    epoch_step: int = 0  # optimiser steps done in the current epoch
-    step: int = 0
-    loss_sum: float = 0.0
-    items: float = 0.0
-    elapsed: float = 0.0  # seconds of the current epoch before a resume
-    history: list = field(default_factory=list)
-    best: float | None = None  # the best epoch's value of the selection metric
-    best_loss: float | None = None  # ... its validation loss (breaks ties)
-    best_epoch: int | None = None
-    stale: int = 0
-    # The best epoch's weights, without the parameters that had not learned yet (they have not moved).
-    best_state: dict | None = None
-    confusion: Any = None
-    started: float = 0.0
-
-    def start_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.epoch_step, self.loss_sum, self.items, self.elapsed = epoch, 0, 0.0, 0.0, 0.0
-        self.started = time.perf_counter()
-
-    def seconds(self) -> float:
-        return self.elapsed + time.perf_counter() - self.started
-
-    def judge(self, metrics: dict, metric: str, task: nn.Module, confusion) -> None:
-        """Keep the weights of the best epoch so far; a tie on ``metric`` goes to the lower loss."""
-        name = metric if metric in metrics else "loss"  # pretext tasks report loss
-        score, loss = metrics[name], metrics.get("loss")
-        if better(score, loss, self.best, self.best_loss, name in MINIMISED):
-            self.best, self.best_loss, self.best_epoch, self.stale = score, loss, self.epoch, 0
-            kept = set(self.best_state or ())
-            self.best_state = {k: v.detach().clone() for k, v in task.state_dict(keep_vars=True).items()
-                               if k in kept or not _frozen(v)}
-            self.confusion = confusion.clone() if confusion is not None else None
-        else:
-            self.stale += 1
-
-    def cover(self, task: nn.Module) -> None:
-        """Add to the best weights the parameters that learn from now on, before they move."""
-        if self.best_state is None:
-            return
-        for k, v in task.state_dict(keep_vars=True).items():
-            if k not in self.best_state and not _frozen(v):
-                self.best_state[k] = v.detach().clone()
-
-    def state(self, next_epoch: bool) -> dict:
-        if next_epoch:
-            position = {"epoch": self.epoch + 1, "epoch_step": 0, "loss_sum": 0.0, "items": 0.0, "elapsed": 0.0}
-        else:
-            position = {"epoch": self.epoch, "epoch_step": self.epoch_step, "loss_sum": self.loss_sum,
-                        "items": self.items, "elapsed": self.seconds()}
-        confusion = self.confusion.tolist() if self.confusion is not None else None
-        return {**position, "step": self.step, "history": self.history, "best": self.best, "stale": self.stale,
-                "best_loss": self.best_loss, "best_epoch": self.best_epoch, "confusion": confusion}
-
-    def load(self, state: dict) -> None:
-        for name in ("epoch", "epoch_step", "step", "loss_sum", "items", "elapsed", "history", "best", "stale"):
-            setattr(self, name, state[name])
-        # Checkpoints written before ties were broken by loss have neither.
-        self.best_loss, self.best_epoch = state.get("best_loss"), state.get("best_epoch")
-        self.confusion = torch.tensor(state["confusion"]) if state.get("confusion") is not None else None
-
-
-def better(score: float, loss: float | None, best: float | None, best_loss: float | None,
-           minimise: bool) -> bool:
-    """Whether an epoch scoring ``score`` (validation ``loss``) beats the best so far.
-
-    A tie on the score is won by a lower loss; NaN never wins and loses to any number.
-    """
-    if best is None or (math.isnan(best) and not math.isnan(score)):
-        return True
-    if score != best:
-        return score < best if minimise else score > best
-    return loss is not None and best_loss is not None and loss < best_loss
-
-
-def _frozen(value: torch.Tensor) -> bool:
-    """A parameter that does not learn now (buffers such as BatchNorm statistics are never "frozen")."""
-    return isinstance(value, nn.Parameter) and not value.requires_grad
 
 
 def as_task(model: nn.Module) -> nn.Module:

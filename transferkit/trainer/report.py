@@ -139,7 +139,7 @@ def describe_best(history: Sequence[dict], epoch: int, metric: str) -> dict[str,
         ``{"epoch", "metric", "value", "val_loss", "reason"}``; e.g. the reason "highest val_accuracy
         (0.5000), tied with epochs 1-6, 8-20; lowest val_loss among them (0.6750)".
     """
-    from .loop import MINIMISED
+    from .run import MINIMISED
 
     name = metric if any(f"val_{metric}" in row for row in history) else "loss"
     key = f"val_{name}"

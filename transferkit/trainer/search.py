@@ -26,7 +26,8 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from transferkit.trainer.loop import MINIMISED, Trainer, seed_everything
+from transferkit.trainer.loop import Trainer, seed_everything
+from transferkit.trainer.run import MINIMISED
 
 
 @dataclass
