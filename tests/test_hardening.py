@@ -371,3 +371,32 @@ def test_dataframe_fit_and_predict_use_the_rows(assets):
     assert model.head.labels == ["animals", "markets", "sport"]  # not the column names
     predictions = model.predict(frame)
     assert len(predictions) == 50 and set(predictions) <= {"animals", "markets", "sport"}
+
+
+def test_second_finetune_on_the_same_output_is_refused(assets, tmp_path, capsys):
+    """Two runs with one --output: the second is refused while the first holds the lock, never mixed."""
+    from transferkit.files import output_lock
+
+    out = tmp_path / "m"
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the first run: holds the output's lock until told to stop
+        try:
+            with output_lock(out):
+                os.write(ready_w, b"x")
+                os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    try:
+        os.read(ready_r, 1)
+        code = main(finetune("--backbone", f"glove:{assets['glove']}", "--data", str(topic_csv(tmp_path)),
+                             "--output", str(out)))
+        err = capsys.readouterr().err
+    finally:
+        os.write(done_w, b"x")
+        os.waitpid(pid, 0)
+    assert code == 1 and f"pid {pid}" in err and "being written by another process" in err
+    assert not out.exists() and not (tmp_path / "m.run").exists()
+    assert main(finetune("--backbone", f"glove:{assets['glove']}", "--data", str(topic_csv(tmp_path)),
+                         "--output", str(out))) == 0  # once the first run is over, the path is free
