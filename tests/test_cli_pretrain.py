@@ -58,3 +58,24 @@ def test_pretrain_word_vectors_then_load(tmp_path, capsys):
                      "--task-option", "min_count=1", "--task-option", "vector_size=8", "--no-progress"]) == 0
         backbone = tk.load_backbone(f"{task}:{out}")
         assert backbone.feature_dim == 8 and "market" in backbone.preprocessor.vocab
+
+
+def test_pretrain_refuses_a_used_output_before_training(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    code = main(["pretrain", "mlm", "--backbone", "scratch:bert", *TINY, "--data", str(corpus),
+                 "--output", str(tmp_path / "notes"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "not a transferkit model" in err and "--overwrite" in err
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
+    (tmp_path / "vectors.bin").write_text("someone's file")
+    assert main(["pretrain", "word2vec", "--data", str(corpus), "--output", str(tmp_path / "vectors.bin"),
+                 "--no-progress"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "vectors.bin").read_text() == "someone's file"
+    assert main(["pretrain", "word2vec", "--data", str(corpus), "--output", str(tmp_path / "vectors.bin"),
+                 "--overwrite", "--task-option", "min_count=1", "--task-option", "vector_size=8",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "vectors.bin").read_bytes() != b"someone's file"

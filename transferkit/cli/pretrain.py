@@ -15,9 +15,10 @@ model (``--option hidden=256 --option layers=4 ...``). Word-vector tasks (``word
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable
 
-from transferkit.errors import ConfigError, OptionError
+from transferkit.errors import ConfigError, OptionError, OutputExistsError
 
 # task name → (module, class or function, extra constructor keyword arguments)
 NETWORK_TASKS: dict[str, tuple[str, str, dict]] = {
@@ -41,7 +42,11 @@ def add_parser(subparsers) -> None:
                                       "scratch:bert / scratch:gpt2 (network tasks)")
     p.add_argument("--data", required=True, help="corpus: a text file (one document per line; blank lines "
                                                  "between documents for nsp/sop) or a folder of images")
-    p.add_argument("--output", required=True, help="directory (network tasks) or vectors file (word vectors)")
+    p.add_argument("--output", required=True, help="directory (network tasks) or vectors file (word vectors); "
+                                                   "an existing path other than a transferkit model is refused "
+                                                   "before training unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace what is at --output (never '.' or a "
+                                                            "directory in place of a vectors file)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="backbone option, or scratch model size (vocab_size, hidden, layers, heads, max_length)")
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     task_options = parse_options(args.task_option)
     if args.task in VECTOR_TASKS:
+        _check_vectors_output(Path(args.output), args.overwrite)
         train: Callable = getattr(importlib.import_module("transferkit.tasks.word_vectors"), VECTOR_TASKS[args.task])
         path = train(args.data, args.output, epochs=args.epochs, seed=args.seed, progress=not args.no_progress,
                      **task_options)
@@ -70,7 +76,25 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.backbone:
         raise ConfigError(f"pretrain {args.task} needs --backbone (e.g. --backbone scratch:bert or hf:DIR).")
+    from transferkit.files import check_output, output_lock
+
+    output = check_output(args.output, overwrite=args.overwrite)  # before any training
+    with output_lock(output):
+        return _pretrain_network(args, output, task_options)
+
+
+def _check_vectors_output(output: Path, overwrite: bool) -> None:
+    if output.is_dir() or (output.exists() and not overwrite):
+        raise OutputExistsError(f"{output} already exists{' and is a directory' if output.is_dir() else ''}; "
+                                "nothing was changed. Choose another --output file"
+                                + ("." if output.is_dir() else ", or pass --overwrite to replace it."))
+
+
+def _pretrain_network(args: argparse.Namespace, output: Path, task_options: dict) -> int:
+    import importlib
+
     import transferkit as tk
+    from transferkit.cli import _number, parse_options
 
     tk.seed_everything(args.seed)
     backbone = _backbone(args.backbone, args.data, parse_options(args.option))
@@ -80,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
                          device=args.device, progress=not args.no_progress)
     history = trainer.fit(task, args.data)
     for record in history:
-        print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        print("  " + "  ".join(f"{k}={_number(v)}" for k, v in record.items()))
     task.backbone.to("cpu")
-    path = task.backbone.save_pretrained(args.output, metrics={"pretrain_task": args.task,
-                                                               "train_loss": history[-1]["train_loss"]})
+    path = task.backbone.save_pretrained(output, metrics={"pretrain_task": args.task,
+                                                          "train_loss": history[-1]["train_loss"]},
+                                         overwrite=args.overwrite)
     print(f"saved the pretrained backbone to {path}; fine-tune it with --backbone {path}")
     return 0
 
