@@ -13,20 +13,19 @@ from torch import nn
 
 from transferkit.data import clean_label, label_type
 from transferkit.errors import ConfigError
+from transferkit.registry import Registry
 
 _LABEL_TYPES = {"str": str, "int": int, "bool": bool}
 
-_HEADS: dict[str, Callable[..., nn.Module]] = {}
+HEADS: Registry[Callable[..., nn.Module]] = Registry("head type")
 
 
 def register_head(name: str):
     """Decorator registering a head class under ``name`` (used to rebuild heads from saved configs)."""
 
     def decorator(cls):
-        if name in _HEADS:
-            raise ValueError(f"head {name!r} is already registered")
+        HEADS.register(name, cls)
         cls.head_type = name
-        _HEADS[name] = cls
         return cls
 
     return decorator
@@ -35,10 +34,7 @@ def register_head(name: str):
 def head_from_config(config: dict) -> nn.Module:
     """Rebuild a head from ``head.config``."""
     config = dict(config)
-    kind = config.pop("type")
-    if kind not in _HEADS:
-        raise ConfigError(f"unknown head type {kind!r}; known: {sorted(_HEADS)}")
-    return _HEADS[kind](**config)
+    return HEADS.get(config.pop("type"))(**config)
 
 
 @register_head("classification")

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from transferkit.errors import CheckpointError, OptionError, UnknownBackboneError
+from transferkit.errors import CheckpointError, ConfigError, OptionError, UnknownBackboneError
+from transferkit.registry import Registry
 
 from .base import Backbone
 
@@ -47,8 +48,8 @@ class Source:
     builtin_names: Callable[[], list[str]] | None = None
 
 
-_SOURCES: dict[str, Source] = {}
-_NAMED: dict[str, Callable[..., Backbone]] = {}
+_SOURCES: Registry[Source] = Registry("backbone source", error=UnknownBackboneError)
+_NAMED: Registry[Callable[..., Backbone]] = Registry("backbone", error=UnknownBackboneError)
 
 
 def register_source(name: str, *, rebuild: Callable[[dict, Path], Backbone],
@@ -58,9 +59,7 @@ def register_source(name: str, *, rebuild: Callable[[dict, Path], Backbone],
     """Decorator registering ``build(name, **options) -> Backbone`` for the ``name:`` prefix."""
 
     def decorator(build: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        if name in _SOURCES:
-            raise ValueError(f"backbone source {name!r} is already registered")
-        _SOURCES[name] = Source(build, rebuild, list_names, usage, save_assets, builtin_names)
+        _SOURCES.register(name, Source(build, rebuild, list_names, usage, save_assets, builtin_names))
         return build
 
     return decorator
@@ -70,25 +69,22 @@ def register_backbone(spec: str):
     """Decorator registering a builder ``fn(**options) -> Backbone`` under an exact ``source:name`` spec."""
 
     def decorator(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        if spec in _NAMED:
-            raise ValueError(f"backbone {spec!r} is already registered")
         if spec.partition(":")[0] not in _SOURCES:
-            raise ValueError(f"backbone {spec!r}: register its source first")
-        _NAMED[spec] = fn
-        return fn
+            raise ConfigError(f"backbone {spec!r}: register its source first.")
+        return _NAMED.register(spec, fn)
 
     return decorator
 
 
 def source(name: str) -> Source:
     if name not in _SOURCES:
-        close = difflib.get_close_matches(name, list(_SOURCES), n=3, cutoff=0.4)
+        close = difflib.get_close_matches(name, _SOURCES.names(), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c + ':') for c in close)}?" if close else ""
         raise UnknownBackboneError(
-            f"unknown backbone source {name!r}.{hint} Known sources: {', '.join(sorted(_SOURCES))}; "
+            f"unknown backbone source {name!r}.{hint} Known sources: {', '.join(_SOURCES)}; "
             "a spec looks like 'timm:resnet18', 'hf:bert-base-uncased', 'glove:vectors.txt', or is a "
             "directory written by save_pretrained.")
-    return _SOURCES[name]
+    return _SOURCES.get(name)
 
 
 def load_backbone(spec: str | os.PathLike, **options: Any) -> Backbone:
@@ -114,8 +110,8 @@ def load_backbone(spec: str | os.PathLike, **options: Any) -> Backbone:
     """
     spec_str = os.fspath(spec)
     if spec_str in _NAMED:
-        builder = _NAMED[spec_str]
-        fallback = _SOURCES[spec_str.partition(":")[0]].build
+        builder = _NAMED.get(spec_str)
+        fallback = _SOURCES.get(spec_str.partition(":")[0]).build
         return _call(builder, spec_str, (), options, valid_options(builder, fallback=fallback))
     if os.path.isdir(spec_str) and os.path.isfile(os.path.join(spec_str, "config.json")) and (
             ":" not in spec_str or os.path.isabs(spec_str)):
@@ -126,7 +122,7 @@ def load_backbone(spec: str | os.PathLike, **options: Any) -> Backbone:
     if not sep:
         raise UnknownBackboneError(
             f"{spec_str!r} is neither a 'source:name' spec nor a directory written by save_pretrained. "
-            f"Known sources: {', '.join(sorted(_SOURCES))}.")
+            f"Known sources: {', '.join(_SOURCES)}.")
     build = source(prefix).build
     return _call(build, spec_str, (name,), options, valid_options(build, skip=1))
 
@@ -187,7 +183,7 @@ def list_backbones(pattern: str = "*") -> list[str]:
     built-in names only; sources with a catalogue (``timm``, ``torchvision``) list every architecture,
     importing that library only when the pattern could match it.
     """
-    names = {n for n in _NAMED if fnmatch.fnmatchcase(n, pattern)}
+    names = set(_NAMED.names(pattern))
     for prefix, src in _SOURCES.items():
         if src.list_names is None or not _pattern_may_match_prefix(pattern, prefix):
             continue
@@ -213,7 +209,7 @@ def builtin_backbones() -> list[str]:
 
 def sources() -> dict[str, Source]:
     """The registered sources (read-only view for the CLI)."""
-    return dict(_SOURCES)
+    return dict(_SOURCES.items())
 
 
 def _pattern_may_match_prefix(pattern: str, prefix: str) -> bool:

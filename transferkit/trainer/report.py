@@ -22,7 +22,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from transferkit.errors import ConfigError
 from transferkit.files import atomic_path
+from transferkit.registry import Registry
 
 # The Trainer's events (``loop.EVENTS``), not imported from there so that loop.py may import this module.
 _EVENTS = ("on_train_start", "on_step_end", "on_epoch_end", "on_train_end")
@@ -404,11 +406,10 @@ def _confusion_figure(confusion: Any, labels: Sequence[str] | None):
     return figure
 
 
-_LOGGERS: dict[str, Callable[[Path], Any]] = {
-    "csv": CSVLogger,
-    "tensorboard": lambda output_dir: TensorBoardLogger(output_dir / "tensorboard"),
-    "report": ReportWriter,
-}
+LOGGERS: Registry[Callable[[Path], Any]] = Registry("logger", hint="(Trainer(loggers=...))")
+LOGGERS.register("csv", CSVLogger)
+LOGGERS.register("tensorboard", lambda output_dir: TensorBoardLogger(output_dir / "tensorboard"))
+LOGGERS.register("report", ReportWriter)
 
 
 def loggers(names: str | Iterable[str], output_dir: str | os.PathLike | None) -> dict[str, list[Callable]]:
@@ -423,16 +424,14 @@ def loggers(names: str | Iterable[str], output_dir: str | os.PathLike | None) ->
         ``{event: [fn, ...]}``, ready for ``Trainer(callbacks=...)``.
 
     Raises:
-        ValueError: an unknown name, or no ``output_dir``.
+        ConfigError: an unknown name (close matches listed), or no ``output_dir`` (a ``ValueError``).
     """
     names = [names] if isinstance(names, str) else list(dict.fromkeys(names))
-    unknown = [name for name in names if name not in _LOGGERS]
-    if unknown:
-        raise ValueError(f"unknown loggers {unknown}; valid names are {sorted(_LOGGERS)}")
+    builders = [LOGGERS.get(name) for name in names]
     if names and output_dir is None:
-        raise ValueError(f"loggers {names} write files: give an output_dir")
+        raise ConfigError(f"loggers {names} write files: give an output_dir.")
     callbacks: dict[str, list[Callable]] = {}
-    for name in names:
-        for event, fns in _LOGGERS[name](Path(output_dir)).callbacks().items():
+    for build in builders:
+        for event, fns in build(Path(output_dir)).callbacks().items():
             callbacks.setdefault(event, []).extend(fns)
     return callbacks

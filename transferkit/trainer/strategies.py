@@ -49,8 +49,10 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError, OptionError
+from transferkit.registry import Registry
 
-_STRATEGIES: dict[str, Callable[..., "Strategy"]] = {}
+STRATEGIES: Registry[Callable[..., "Strategy"]] = Registry(
+    "fine-tuning strategy", hint="(CLI: --strategy NAME)", normalise=lambda s: str(s).strip().lower().replace("-", "_"))
 
 
 @dataclass
@@ -196,19 +198,12 @@ def find_backbone(task: nn.Module):
 
 def register_strategy(name: str):
     """Decorator registering a builder ``fn(**options) -> Strategy`` under ``name``; refuses duplicates."""
-
-    def decorator(fn: Callable[..., Strategy]) -> Callable[..., Strategy]:
-        if name in _STRATEGIES:
-            raise ValueError(f"strategy {name!r} is already registered")
-        _STRATEGIES[name] = fn
-        return fn
-
-    return decorator
+    return STRATEGIES.register(name)
 
 
 def list_strategies() -> list[str]:
     """Names :func:`get_strategy` accepts."""
-    return sorted(_STRATEGIES)
+    return STRATEGIES.names()
 
 
 def get_strategy(spec: str | Strategy, **options: Any) -> Strategy:
@@ -223,13 +218,8 @@ def get_strategy(spec: str | Strategy, **options: Any) -> Strategy:
             raise OptionError(f"options {sorted(options)} are for strategy names; a Strategy instance is used "
                               "as it is: pass its name instead, or build it with the options yourself.")
         return spec
-    key = str(spec).strip().lower().replace("-", "_")
-    if key not in _STRATEGIES:
-        close = difflib.get_close_matches(key, list(_STRATEGIES), n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"unknown fine-tuning strategy {spec!r}.{hint} Choose one of "
-                          f"{', '.join(list_strategies())} (CLI: --strategy NAME).")
-    builder = _STRATEGIES[key]
+    key = STRATEGIES.normalise(spec)
+    builder = STRATEGIES.get(key)
     valid = list(inspect.signature(builder).parameters)
     for name in options:
         if name not in valid:
