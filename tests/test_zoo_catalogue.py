@@ -20,7 +20,7 @@ from transferkit.zoo import catalogue as catalogue_mod  # noqa: E402
 from transferkit.zoo.cli import add_parser, main  # noqa: E402
 from transferkit.zoo.schema import validate_entry  # noqa: E402
 
-CATALOGUE_FILES = sorted((REPO_ROOT / "model_zoo").glob("*.toml"))
+CATALOGUE_FILES = sorted((REPO_ROOT / "transferkit" / "zoo" / "catalogues").glob("*.toml"))
 RAW_ENTRIES = [(path.name, raw) for path in CATALOGUE_FILES for raw in tomllib.loads(path.read_text())["model"]]
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

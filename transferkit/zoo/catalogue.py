@@ -1,4 +1,8 @@
-"""Catalogue records and where they come from: the built-in ``model_zoo/`` plus any extra catalogues.
+"""Catalogue records and where they come from: the built-in catalogue plus any extra catalogues.
+
+The built-in catalogue is the ``*.toml`` files in ``transferkit/zoo/catalogues/``, shipped inside the
+package (package data) and read with :mod:`importlib.resources`, so an editable checkout and an installed
+wheel see the same entries. A missing or empty built-in catalogue is an error, never a silently empty zoo.
 
 An extra catalogue is a TOML or JSON file, a directory holding ``catalogue.json``/``catalogue.toml`` (what
 ``publish`` writes), or an ``http(s)://`` URL of such a file. Relative file URLs inside a catalogue are
@@ -11,6 +15,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import hashlib
+import importlib.resources
 import json
 import os
 import re
@@ -18,14 +23,19 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlparse
 
 from transferkit.zoo.errors import CatalogueError, OfflineError, UnknownModelError
 from transferkit.zoo.schema import SCHEMA_VERSION, entry_label, validate_entry
 from transferkit.zoo.settings import is_offline, offline_reason, zoo_home
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 CATALOGUE_NAMES = ("catalogue.json", "catalogue.toml")
+# The folder of transferkit.zoo that holds the built-in TOML catalogues (declared as package data).
+BUILTIN_CATALOGUES = "catalogues"
 
 
 @dataclass(frozen=True)
@@ -218,9 +228,31 @@ def _read_remote(url: str) -> list[ZooEntry]:
     return parse_bytes(cached.read_bytes(), kind=kind, base=url, origin=url)
 
 
-def builtin_catalogue_dir() -> Path:
-    """The ``model_zoo/`` directory of the source tree, holding the built-in TOML catalogues."""
-    return Path(__file__).resolve().parents[2] / "model_zoo"
+def builtin_catalogue_dir() -> Traversable:
+    """The package-data folder ``transferkit/zoo/catalogues/`` holding the built-in TOML catalogues."""
+    return importlib.resources.files("transferkit.zoo") / BUILTIN_CATALOGUES
+
+
+def read_builtin_catalogue() -> list[ZooEntry]:
+    """Read every ``*.toml`` of the built-in catalogue, in name order.
+
+    Raises:
+        CatalogueError: the built-in catalogue is missing or holds no entry (a broken install, e.g. a
+            wheel built without its package data), or one of its files is invalid.
+    """
+    root = builtin_catalogue_dir()
+    files = sorted((f for f in root.iterdir() if f.name.endswith(".toml")), key=lambda f: f.name) \
+        if root.is_dir() else []
+    found: list[ZooEntry] = []
+    for f in files:
+        origin = str(f)
+        base = f.resolve().as_uri() if isinstance(f, Path) else origin
+        found += parse_bytes(f.read_bytes(), kind="toml", base=base, origin=origin)
+    if not found:
+        raise CatalogueError(f"the built-in zoo catalogue is missing or empty: no entry in {root}/*.toml. "
+                             "This transferkit installation is incomplete (its wheel was built without the "
+                             "package data transferkit/zoo/catalogues/*.toml); reinstall transferkit.")
+    return found
 
 
 def _read_source(source: str) -> list[ZooEntry]:
@@ -244,10 +276,7 @@ _REGISTRY = _Registry()
 def _load_all() -> dict[str, ZooEntry]:
     if _REGISTRY.entries is not None:
         return _REGISTRY.entries
-    found: list[ZooEntry] = []
-    builtin = builtin_catalogue_dir()
-    for path in sorted(builtin.glob("*.toml")) if builtin.is_dir() else ():
-        found += read_catalogue(path)
+    found = read_builtin_catalogue()
     for source in [s for s in env_catalogues() if s not in _REGISTRY.extra]:
         found += _read_source(source)
     for added in _REGISTRY.extra.values():
