@@ -39,7 +39,7 @@ PARTS = ("images", "text", "words")
 
 def images(quick: bool, log) -> tuple[str, list[tuple]]:
     import pretraining_gain_images as bench
-    from transferkit.cli.vision_gain import ROTATION_BACKBONE, ROTATION_STAGE
+    from transferkit.recipes.vision_gain import ROTATION_BACKBONE, ROTATION_STAGE
 
     settings = bench.Settings.quick() if quick else bench.Settings()
     settings = replace(settings, backbone=ROTATION_BACKBONE, stage=ROTATION_STAGE)

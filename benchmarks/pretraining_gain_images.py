@@ -13,9 +13,9 @@ architecture is pretrained on the pool's images without labels. Then, for each o
 class (drawn from the pool) and each seed, the pretrained backbone — and a random-init one ("scratch") —
 is fine-tuned end to end with a linear classification head and scored on the test set.
 
-The data split, pretraining and fine-tuning live in :mod:`transferkit.cli.vision_gain`; its
-``rotation_gain()`` (rotation vs scratch at one label count, about a minute) is the row of
-``transferkit demo``. Other scripts can reuse ``run(settings)``, ``table(rows, settings)`` and
+The data split (:func:`transferkit.recipes.datasets.digits`), pretraining and fine-tuning live in
+:mod:`transferkit.recipes.vision_gain`; its ``rotation_gain()`` (rotation vs scratch at one label count, about
+a minute) is the row of ``transferkit demo``. Other scripts can reuse ``run(settings)``, ``table(rows, settings)`` and
 ``Settings.quick()`` from here.
 """
 
@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from transferkit.recipes.datasets import digits
+from transferkit.recipes.fewshot import few_shot
+from transferkit.recipes.vision_gain import BACKBONE, IMAGE_SIZE, at_stage, finetune, pretrain, random_backbone
 from transferkit.tasks.vision import DenoisingAutoencoder, PatchColor, RotationPrediction
-from transferkit.cli.vision_gain import (BACKBONE, IMAGE_SIZE, at_stage, digits, few_shot, finetune, pretrain,
-                                           random_backbone)
 
 # name → builder; PatchColor uses the grey-level variant because digits are greyscale. RotationPrediction
 # crops each rotated image at random (its default): without it the rotation is readable from the digits'
@@ -84,7 +85,7 @@ def run(settings: Settings, log=print) -> list[dict]:
         for shots in settings.shots:
             start, scores = time.perf_counter(), []
             for seed in range(settings.seeds):
-                idx = few_shot(pool_y, shots, seed)
+                idx = few_shot(pool_y, shots, seed, sort=False)  # class after class: the documented figures
                 if backbone is None:  # scratch: a fresh random network per seed
                     bb = at_stage(random_backbone(settings.backbone, settings.image_size, 1000 + seed), settings.stage,
                                   settings.backbone, settings.image_size)
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.rotation_gain:
-        from transferkit.cli.vision_gain import rotation_gain
+        from transferkit.recipes.vision_gain import rotation_gain
 
         result = rotation_gain(seeds=1 if args.quick else 3)
         print(f"{result['shots']} labels/class: scratch {fmt(result['scratch'])}, rotation {fmt(result['rotation'])} "

@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import transferkit as tk  # noqa: E402
-from transferkit.cli.demo import DemoSettings, _subset, few_shot, newsgroups  # noqa: E402
+from transferkit.recipes.datasets import newsgroups  # noqa: E402
+from transferkit.recipes.fewshot import few_shot, subset  # noqa: E402
 from transferkit.tasks.text import MaskedLM  # noqa: E402
 from transferkit.tokenization import new_text_backbone, train_tokenizer  # noqa: E402
 
@@ -76,7 +77,7 @@ def run(settings: Settings, log=print) -> list[tuple[str, float, float, float]]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    pool, test = newsgroups(DemoSettings(text_test_per_class=settings.test_per_class))
+    pool, test = newsgroups(settings.test_per_class)
     corpus_texts = pool[0][: settings.corpus_docs]
     work = Path(tempfile.mkdtemp(prefix="tk-pretrain-text-"))
     corpus = work / "corpus.txt"
@@ -88,7 +89,7 @@ def run(settings: Settings, log=print) -> list[tuple[str, float, float, float]]:
         f"{len(test[0])} test documents; {settings.seeds} seed(s)")
 
     def sample(seed):
-        return _subset(pool, few_shot(pool[1], settings.shots, seed))
+        return subset(pool, few_shot(pool[1], settings.shots, seed))
 
     rows: list = []
     # (a) small BERT from scratch --------------------------------------------------------------------------

@@ -91,9 +91,9 @@ def run(quick: bool = False, *, glove_epochs: int | None = None, workers: int | 
     from gensim.models import KeyedVectors
     from gensim.models.fasttext import load_facebook_vectors
 
-    from transferkit.tasks.corpus import LineCorpus
-    from transferkit.tasks.glove import build_cooccurrence, fit_glove
-    from transferkit.tasks.word_vectors import train_fasttext, train_word2vec
+    from transferkit.backbones.word_vectors.glove_training import build_cooccurrence, fit_glove
+    from transferkit.backbones.word_vectors.training import train_fasttext, train_word2vec
+    from transferkit.data.corpus import LineCorpus
 
     glove_epochs = glove_epochs or (5 if quick else 15)
     rows: list[dict] = []

@@ -39,7 +39,14 @@ def assets(tmp_path_factory) -> dict[str, str]:
     ft = FastText(tokens, vector_size=16, min_count=1, epochs=5, seed=0, workers=1, bucket=500, min_n=3, max_n=5)
     save_facebook_model(ft, str(root / "ft.bin"))
     return {"word2vec_bin": str(root / "w2v.bin"), "word2vec_txt": str(root / "w2v.txt"),
-            "glove": str(root / "glove.txt"), "fasttext": str(root / "ft.bin"), "bert": _tiny_bert(root / "bert")}
+            "glove": str(root / "glove.txt"), "fasttext": str(root / "ft.bin"), "bert": _tiny_bert(root / "bert"),
+            "corpus": _corpus(root / "corpus.txt")}
+
+
+def _corpus(path) -> str:
+    """The test sentences, one per line: the corpus ``scratch:`` backbones train their tokenizer on."""
+    path.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    return str(path)
 
 
 def _tiny_bert(path) -> str:
@@ -86,6 +93,8 @@ def tiny_specs(assets) -> dict[str, tuple[str, dict]]:
         "timm-vit": ("timm:test_vit", {"weights": None}),
         "timm-stage": ("timm:test_efficientnet", {"weights": None, "image_size": 32, "stage": 2}),
         "torchvision": ("torchvision:mobilenet_v3_small", {"weights": None, "image_size": 32}),
+        "scratch": ("scratch:bert", {"corpus": assets["corpus"], "vocab_size": 200, "hidden": 32, "layers": 1,
+                                     "heads": 2, "max_length": 32}),
     }
 
 

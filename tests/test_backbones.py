@@ -12,7 +12,8 @@ from transferkit.backbones.registry import sources
 
 from conftest import raw_batch
 
-SPEC_NAMES = ["word2vec", "word2vec-text", "glove", "fasttext", "hf", "timm", "timm-vit", "timm-stage", "torchvision"]
+SPEC_NAMES = ["word2vec", "word2vec-text", "glove", "fasttext", "hf", "timm", "timm-vit", "timm-stage", "torchvision",
+              "scratch"]
 
 
 @pytest.fixture(scope="module", params=SPEC_NAMES)

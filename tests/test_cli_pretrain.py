@@ -79,3 +79,51 @@ def test_pretrain_refuses_a_used_output_before_training(tmp_path, capsys):
                  "--overwrite", "--task-option", "min_count=1", "--task-option", "vector_size=8",
                  "--no-progress"]) == 0
     assert (tmp_path / "vectors.bin").read_bytes() != b"someone's file"
+
+
+def test_scratch_is_a_registered_backbone_source(tmp_path):
+    import pytest
+    import torch
+
+    import transferkit as tk
+    from transferkit.errors import ConfigError, OptionError, UnknownBackboneError
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    sizes = dict(vocab_size=200, hidden=32, layers=1, heads=2, max_length=32)
+    torch.manual_seed(0)
+    bert = tk.load_backbone("scratch:bert", corpus=str(corpus), **sizes)
+    tokenizer = bert.preprocessor.tokenizer
+    assert bert.feature_dim == 32 and bert.config["arch"] == {"model_type": "bert", "pooling": "mean"}
+    assert len(tokenizer) <= 200 and "market" in tokenizer.get_vocab() and bert.preprocessor.max_length == 32
+    bert.eval()
+    before = bert.encode(SENTENCES[:3])
+    bert.save_pretrained(tmp_path / "bert")  # saved as an hf backbone: tokenizer and config beside the weights
+    again = tk.load_backbone(str(tmp_path / "bert")).eval()
+    torch.testing.assert_close(again.encode(SENTENCES[:3]), before)
+    assert again.preprocessor.tokenizer.tokenize("the market rallied") == tokenizer.tokenize("the market rallied")
+
+    gpt = tk.load_backbone("scratch:gpt2", corpus=corpus, **sizes)
+    assert gpt.config["arch"] == {"model_type": "gpt2", "pooling": "last"} and gpt.feature_dim == 32
+    assert tk.list_backbones("scratch:*") == ["scratch:bert", "scratch:gpt2"]
+
+    with pytest.raises(OptionError, match="corpus=PATH"):
+        tk.load_backbone("scratch:bert", **sizes)
+    with pytest.raises(OptionError, match="'hiden'.*Did you mean 'hidden'"):
+        tk.load_backbone("scratch:bert", corpus=corpus, hiden=32)
+    with pytest.raises(UnknownBackboneError, match="scratch:bert"):
+        tk.load_backbone("scratch:bart", corpus=corpus)
+    with pytest.raises(ConfigError, match="divisible by heads"):
+        tk.load_backbone("scratch:bert", corpus=corpus, hidden=30, heads=4)
+    with pytest.raises(ConfigError, match="layers must be a positive whole number"):
+        tk.load_backbone("scratch:bert", corpus=corpus, layers=0)
+
+
+def test_pretrain_refuses_an_unknown_scratch_option_before_training(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    code = main(["pretrain", "mlm", "--backbone", "scratch:bert", "--option", "width=32", "--data", str(corpus),
+                 "--output", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "'width'" in err and "hidden" in err and "vocab_size" in err
+    assert not (tmp_path / "o").exists()

@@ -7,8 +7,8 @@ import statistics
 import pytest
 import torch
 
-from transferkit.cli import demo, main
-from transferkit.cli import vision_gain
+from transferkit.cli import main
+from transferkit.recipes import datasets, demo, fewshot, vision_gain
 
 
 def test_demo_without_assets_says_what_to_install(monkeypatch, capsys):
@@ -55,11 +55,12 @@ def test_rotation_gain_tiny(few_digits):
 
 
 def test_digits_split_keeps_the_test_set_out_of_the_pool():
-    pool_x, pool_y, test_x, test_y = vision_gain.digits(1300)
+    pool_x, pool_y, test_x, test_y = datasets.digits(1300)
     assert len(pool_x) == len(pool_y) == 1300 and len(test_x) == len(test_y) == 497
     assert pool_x[0].shape == (8, 8) and 0.0 <= min(x.min() for x in pool_x) and max(x.max() for x in pool_x) <= 1.0
-    idx = vision_gain.few_shot(pool_y, 5, seed=0)
-    assert sorted(pool_y[i] for i in idx) == [c for c in range(10) for _ in range(5)]
+    idx = fewshot.few_shot(pool_y, 5, seed=0, sort=False)
+    assert [pool_y[i] for i in idx] == [c for c in range(10) for _ in range(5)]  # class after class
+    assert sorted(idx) == fewshot.few_shot(pool_y, 5, seed=0)  # the same draw in either order
 
 
 def test_demo_self_supervised_row_needs_no_assets(monkeypatch, capsys, few_digits):
@@ -88,9 +89,18 @@ def test_demo_rotation_pretraining_beats_random_init(capsys):
 
 def test_few_shot_draws_the_same_number_per_class():
     labels = ["a"] * 10 + ["b"] * 5
-    idx = demo.few_shot(labels, 3, seed=0)
-    assert sorted(labels[i] for i in idx) == ["a"] * 3 + ["b"] * 3
-    assert idx == demo.few_shot(labels, 3, seed=0) != demo.few_shot(labels, 3, seed=1)
+    idx = fewshot.few_shot(labels, 3, seed=0)
+    assert sorted(labels[i] for i in idx) == ["a"] * 3 + ["b"] * 3 and idx == sorted(idx)
+    assert idx == fewshot.few_shot(labels, 3, seed=0) != fewshot.few_shot(labels, 3, seed=1)
+    assert sorted(labels[i] for i in fewshot.few_shot(labels, 7, seed=0)) == ["a"] * 7 + ["b"] * 5  # all of b
+
+
+def test_old_import_paths_still_work():
+    from transferkit.cli import vision_gain as old
+
+    assert old.rotation_gain is vision_gain.rotation_gain and old.digits is datasets.digits
+    labels = [0, 1] * 20
+    assert old.few_shot(labels, 3, seed=4) == fewshot.few_shot(labels, 3, seed=4, sort=False)
 
 
 @pytest.mark.assets
@@ -107,3 +117,61 @@ def test_full_demo_quick(capsys):
     out = capsys.readouterr().out
     for family in ("word vectors", "language model", "vision"):
         assert family in out
+
+
+def _imports_of(source: str, module: str) -> set[str]:
+    """Absolute names of the modules ``source`` (the text of ``module``) imports, relative imports resolved."""
+    import ast
+
+    found, package = set(), module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_import_scanner_sees_every_form():
+    for code in ("import transferkit.recipes.demo", "from transferkit.recipes import demo",
+                 "from transferkit import recipes", "from ..recipes.fewshot import few_shot",
+                 "def f():\n    from .. import recipes\n"):
+        assert any(n.startswith("transferkit.recipes") for n in _imports_of(code, "transferkit.backbones.x")), code
+    assert not any(n.startswith("transferkit.recipes") for n in _imports_of("from transferkit import heads",
+                                                                             "transferkit.x"))
+
+
+def test_library_modules_never_import_recipes():
+    """Recipes compose the library; only the CLI (and benchmarks) may import them (STYLE.md, recipes vs library).
+
+    Every module outside ``recipes/`` and ``cli/`` is library: backbones, heads, tasks, trainer, zoo, data,
+    files, saving..."""
+    from pathlib import Path
+
+    import transferkit
+
+    root = Path(transferkit.__file__).parent
+    library = [p for p in sorted(root.rglob("*.py")) if p.relative_to(root).parts[0] not in ("recipes", "cli")]
+    offenders = []
+    for path in library:
+        rel = path.relative_to(root)
+        names = _imports_of(path.read_text(encoding="utf-8"), "transferkit." + ".".join(rel.with_suffix("").parts))
+        offenders += [f"{rel}: {n}" for n in sorted(names) if n.startswith("transferkit.recipes")]
+    assert len(library) > 20 and any(p.name == "trainer" or p.parent.name == "trainer" for p in library)
+    assert not offenders, offenders
+
+
+def test_importing_the_library_loads_no_recipe():
+    import subprocess
+    import sys
+
+    code = ("import sys, transferkit, transferkit.backbones, transferkit.heads, transferkit.tasks, "
+            "transferkit.trainer, transferkit.zoo, transferkit.data, transferkit.saving, transferkit.cli; "
+            "transferkit.cli.build_parser(); print([m for m in sys.modules if m.startswith('transferkit.recipes')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # even the CLI imports a recipe only when its command runs

@@ -31,7 +31,7 @@ _WORD = re.compile(r"^\w+$")
 
 
 def _corpus_lines(corpus_path) -> Iterable[str]:
-    from transferkit.tasks.text_corpus import TextCorpus
+    from transferkit.data.text_corpus import TextCorpus
 
     return iter(TextCorpus(corpus_path))  # validates the file (missing, empty, not UTF-8) first
 

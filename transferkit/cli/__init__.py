@@ -137,12 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", help="e.g. 'timm:*vit*' or 'torchvision:resnet*'")
     p.set_defaults(func=_backbones)
 
-    try:
-        from transferkit.zoo.cli import add_parser as add_zoo
-    except ImportError:
-        pass
-    else:
-        add_zoo(sub)
+    from transferkit.cli.zoo import add_parser as add_zoo
+
+    add_zoo(sub)
     return parser
 
 
@@ -216,7 +213,7 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
         model = build()
         history = trainer.fit(model, train, val, resume=args.resume)
     for record in history:
-        print("  " + "  ".join(f"{k}={_number(v)}" for k, v in record.items()))
+        print("  " + "  ".join(f"{k}={format_number(v)}" for k, v in record.items()))
     if getattr(trainer, "best", None) and history:
         print(f"restored epoch {trainer.best['epoch']}: {trainer.best['reason']}")
     best = {}
@@ -229,7 +226,7 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     return 0
 
 
-def _number(value) -> str:
+def format_number(value) -> str:
     """Floats readably at any scale: 0.9123, 3e-05, 1.2e+04; other values as they are."""
     if not isinstance(value, float):
         return str(value)

@@ -7,9 +7,10 @@ backbone with the Trainer and save it with ``save_pretrained``, so the next step
     transferkit pretrain mlm --backbone runs/general --data domain.txt --output runs/domain
     transferkit finetune --backbone runs/domain --data labelled.csv --output runs/task
 
-``--backbone scratch:bert`` / ``scratch:gpt2`` trains a tokenizer on the corpus and builds a small random
-model (``--option hidden=256 --option layers=4 ...``). Word-vector tasks (``word2vec``, ``fasttext``,
-``glove``) need no backbone and write a vectors file loadable as ``word2vec:``/``fasttext:``/``glove:``.
+``--backbone scratch:bert`` / ``scratch:gpt2`` (the ``scratch`` backbone source, given ``--data`` as its
+corpus) trains a tokenizer on the corpus and builds a small random model (``--option hidden=256 --option
+layers=4 ...``). Word-vector tasks (``word2vec``, ``fasttext``, ``glove``) need no backbone and write a vectors
+file loadable as ``word2vec:``/``fasttext:``/``glove:``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from transferkit.errors import ConfigError, OptionError, OutputExistsError
+from transferkit.errors import ConfigError, OutputExistsError
 
 # task name → (module, class or function, extra constructor keyword arguments)
 NETWORK_TASKS: dict[str, tuple[str, str, dict]] = {
@@ -31,7 +32,6 @@ NETWORK_TASKS: dict[str, tuple[str, str, dict]] = {
     "autoencoder": ("transferkit.tasks.vision", "DenoisingAutoencoder", {}),
 }
 VECTOR_TASKS = {"word2vec": "train_word2vec", "fasttext": "train_fasttext", "glove": "train_glove"}
-SCRATCH_KEYS = ("vocab_size", "hidden", "layers", "heads", "max_length")
 
 
 def add_parser(subparsers) -> None:
@@ -48,7 +48,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace what is at --output (never '.' or a "
                                                             "directory in place of a vectors file)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="backbone option, or scratch model size (vocab_size, hidden, layers, heads, max_length)")
+                   help="backbone option, e.g. the scratch model's size (vocab_size, hidden, layers, heads, "
+                        "max_length)")
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="task option, e.g. mask_prob=0.15, whole_word=true; for word vectors the trainer's "
                         "keyword arguments, e.g. vector_size=100, window=5, min_count=5")
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     task_options = parse_options(args.task_option)
     if args.task in VECTOR_TASKS:
         _check_vectors_output(Path(args.output), args.overwrite)
-        train: Callable = getattr(importlib.import_module("transferkit.tasks.word_vectors"), VECTOR_TASKS[args.task])
+        train: Callable = getattr(importlib.import_module("transferkit.backbones.word_vectors.training"),
+                                 VECTOR_TASKS[args.task])
         path = train(args.data, args.output, epochs=args.epochs, seed=args.seed, progress=not args.no_progress,
                      **task_options)
         print(f"saved {args.task} vectors to {path}; load them with load_backbone('{args.task}:{path}')")
@@ -94,7 +96,7 @@ def _pretrain_network(args: argparse.Namespace, output: Path, task_options: dict
     import importlib
 
     import transferkit as tk
-    from transferkit.cli import _number, parse_options
+    from transferkit.cli import format_number, parse_options
 
     tk.seed_everything(args.seed)
     backbone = _backbone(args.backbone, args.data, parse_options(args.option))
@@ -104,7 +106,7 @@ def _pretrain_network(args: argparse.Namespace, output: Path, task_options: dict
                          device=args.device, progress=not args.no_progress)
     history = trainer.fit(task, args.data)
     for record in history:
-        print("  " + "  ".join(f"{k}={_number(v)}" for k, v in record.items()))
+        print("  " + "  ".join(f"{k}={format_number(v)}" for k, v in record.items()))
     task.backbone.to("cpu")
     path = task.backbone.save_pretrained(output, metrics={"pretrain_task": args.task,
                                                           "train_loss": history[-1]["train_loss"]},
@@ -114,18 +116,11 @@ def _pretrain_network(args: argparse.Namespace, output: Path, task_options: dict
 
 
 def _backbone(spec: str, corpus: str, options: dict):
+    """Load the backbone; a source that builds from a corpus (``scratch:``) gets ``--data`` as ``corpus``."""
     import transferkit as tk
+    from transferkit.backbones.registry import sources, valid_options
 
-    if not spec.startswith("scratch:"):
-        return tk.load_backbone(spec, **options)
-    from transferkit.tokenization import new_text_backbone, train_tokenizer
-
-    arch = spec.split(":", 1)[1]
-    if arch not in ("bert", "gpt2"):
-        raise ConfigError(f"scratch models are scratch:bert or scratch:gpt2, not {spec!r}.")
-    unknown = set(options) - set(SCRATCH_KEYS)
-    if unknown:
-        raise OptionError(f"unknown scratch options {sorted(unknown)}; the options are {SCRATCH_KEYS}.")
-    tokenizer = train_tokenizer(corpus, kind="wordpiece" if arch == "bert" else "bpe",
-                                vocab_size=options.pop("vocab_size", 8000))
-    return new_text_backbone(tokenizer, arch=arch, **options)
+    src = sources().get(spec.partition(":")[0])
+    if src is not None and "corpus" in (valid_options(src.build, skip=1) or ()):
+        options = {"corpus": corpus, **options}
+    return tk.load_backbone(spec, **options)

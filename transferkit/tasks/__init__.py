@@ -7,6 +7,12 @@ The :class:`~transferkit.Trainer` trains any task with this shape:
 * ``collate(examples)`` → a batch (a dict of tensors, preprocessed by the backbone);
 * ``forward(batch)`` → ``{"loss": ..., ...}``;
 * ``metrics()`` → a fresh streaming metric with ``update(batch, outputs)`` and ``compute() -> dict``.
+
+Here live the tasks and their pretext views and losses (:mod:`.text`, :mod:`.vision`, :mod:`.vision_views`,
+:mod:`.pixels`). What they read lives in :mod:`transferkit.data` (labelled data, text corpora, image
+folders); the word-vector trainers live with their backbones in :mod:`transferkit.backbones.word_vectors`.
+The old paths ``tasks.corpus``, ``tasks.text_corpus``, ``tasks.vision_data``, ``tasks.word_vectors`` and
+``tasks.glove`` re-export the moved names for one release.
 """
 
 from .classification import ClassificationMetrics, ClassificationTask

@@ -3,7 +3,7 @@
 Each task is three small parts (as in lightly's transforms / heads / losses):
 
 * a *view* made at collate time, which turns raw text into the pretext inputs and labels
-  (:func:`mask_tokens`, :class:`~transferkit.tasks.text_corpus.SentencePairs`, shifted next tokens);
+  (:func:`mask_tokens`, :class:`~transferkit.data.text_corpus.SentencePairs`, shifted next tokens);
 * a *head* (:class:`MLMHead`, :class:`SentencePairHead`, :class:`LMHead`) whose output layer is tied to the
   backbone's input embeddings where the method says so;
 * a *loss* (cross-entropy over the labelled positions; ``-100`` marks positions without a label).
@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferkit.data.text_corpus import CorpusError, SentencePairs, TextCorpus
 from transferkit.errors import DataError
-
-from .text_corpus import CorpusError, SentencePairs, TextCorpus
 
 __all__ = ["MaskedLM", "NextSentencePrediction", "CausalLM", "TextCorpus", "SentencePairs", "CorpusError",
            "mask_tokens", "MLMHead", "SentencePairHead", "LMHead", "LMMetrics"]

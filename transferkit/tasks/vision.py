@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.backbones.images import to_tensor
+from transferkit.data.images import ImageFolderCorpus, unlabelled_images
 
-from .vision_data import ImageFolderCorpus, Pixels, probe, unlabelled_images
+from .pixels import Pixels, probe
 from .vision_views import (ColorizationView, CorruptionView, MaskedPatchView, RandomResizedCrop, RotationView,
                            num_colour_classes)
 

@@ -1,0 +1,61 @@
+"""The labelled-data container (parallel inputs, labels and origins) and its split."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from transferkit.errors import DataError
+
+
+@dataclass
+class LabelledData:
+    """Parallel lists of raw inputs, their labels and where each came from.
+
+    Attributes:
+        inputs: raw inputs (strings, image paths, arrays...).
+        labels: class names (or integer class ids for a head without names).
+        origins: where each example is in the user's data, e.g. ``"train.csv line 7"``; defaults to
+            ``"item i"``.
+        input_column: the column the inputs were read from, when they came from a table.
+    """
+
+    inputs: list
+    labels: list
+    origins: list[str] | None = None
+    input_column: str | None = None
+
+    def __post_init__(self):
+        if len(self.inputs) != len(self.labels):
+            raise DataError(f"{len(self.inputs)} inputs but {len(self.labels)} labels: they must pair up.")
+        if self.origins is None:
+            self.origins = [f"item {i}" for i in range(len(self.inputs))]
+        elif len(self.origins) != len(self.inputs):
+            raise DataError(f"{len(self.inputs)} inputs but {len(self.origins)} origins: they must pair up.")
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def subset(self, indices: Sequence[int]) -> "LabelledData":
+        return LabelledData([self.inputs[i] for i in indices], [self.labels[i] for i in indices],
+                            [self.origins[i] for i in indices], self.input_column)
+
+
+def stratified_split(data: LabelledData, fraction: float, seed: int = 0) -> tuple[LabelledData, LabelledData]:
+    """Hold out ``fraction`` of each class (at least one example of classes with two or more)."""
+    if not 0 < fraction < 1:
+        raise DataError(f"the held-out fraction must be between 0 and 1, got {fraction}.")
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, y in enumerate(data.labels):
+        by_class.setdefault(str(y), []).append(i)
+    train, held = [], []
+    for indices in by_class.values():
+        rng.shuffle(indices)
+        k = min(len(indices) - 1, max(1, round(len(indices) * fraction)))
+        held += indices[:k]
+        train += indices[k:]
+    if not held:
+        raise DataError(f"{len(data)} examples are too few to hold out a validation split: pass --val data.")
+    return data.subset(sorted(train)), data.subset(sorted(held))
