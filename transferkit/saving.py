@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from transferkit import files
-from transferkit.backbones.base import Backbone
+from transferkit.backbones.base import SAVED_FORMATS, Backbone, SavedFormat
 from transferkit.backbones.registry import source
 from transferkit.errors import CheckpointError, FileFormatError, OptionError
 from transferkit.files import check_output, output_lock
@@ -158,3 +158,6 @@ def model_card(config: dict) -> str:
               "model = TransferModel.from_pretrained('THIS_DIR')" if h is not None else "backbone = load_backbone('THIS_DIR')",
               "```", ""]
     return "\n".join(lines)
+
+
+SAVED_FORMATS.register(FORMAT, SavedFormat(save=save_pretrained, load=load_saved_backbone))

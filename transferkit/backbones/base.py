@@ -23,7 +23,25 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from transferkit.registry import Registry
+
 from .layers import LayerGroup, split_blocks
+
+
+@dataclass(frozen=True)
+class SavedFormat:
+    """How backbones (and models) are written to and read from a directory.
+
+    :mod:`transferkit.saving`, which sits above the backbones, registers the ``"transferkit"`` format in
+    :data:`SAVED_FORMATS`; ``Backbone.save_pretrained`` and ``load_backbone(DIR)`` look it up there, so the
+    backbones never import the module that saves them (imports point down).
+    """
+
+    save: Callable[..., Any]  # save(directory, backbone, head, metrics, *, overwrite) -> Path
+    load: Callable[..., "Backbone"]  # load(directory, **options) -> Backbone
+
+
+SAVED_FORMATS: Registry[SavedFormat] = Registry("saved-model format")
 
 
 @dataclass
@@ -157,9 +175,7 @@ class Backbone(nn.Module):
 
         The same rules as :meth:`transferkit.TransferModel.save_pretrained` protect what is at ``directory``.
         """
-        from transferkit.saving import save_pretrained
-
-        return save_pretrained(directory, self, None, metrics, overwrite=overwrite)
+        return SAVED_FORMATS.get("transferkit").save(directory, self, None, metrics, overwrite=overwrite)
 
     def extra_repr(self) -> str:
         return f"source={self.config['source']!r}, name={self.config['name']!r}, feature_dim={self.feature_dim}"

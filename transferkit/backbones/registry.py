@@ -29,7 +29,7 @@ from typing import Any, Callable
 from transferkit.errors import CheckpointError, ConfigError, OptionError, UnknownBackboneError
 from transferkit.registry import Registry
 
-from .base import Backbone
+from .base import SAVED_FORMATS, Backbone
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,7 @@ def load_backbone(spec: str | os.PathLike, **options: Any) -> Backbone:
         return _call(builder, spec_str, (), options, valid_options(builder, fallback=fallback))
     if os.path.isdir(spec_str) and os.path.isfile(os.path.join(spec_str, "config.json")) and (
             ":" not in spec_str or os.path.isabs(spec_str)):
-        from transferkit.saving import load_saved_backbone
-
-        return load_saved_backbone(spec_str, **options)
+        return SAVED_FORMATS.get("transferkit").load(spec_str, **options)
     prefix, sep, name = spec_str.partition(":")
     if not sep:
         raise UnknownBackboneError(

@@ -132,7 +132,6 @@ def build_cooccurrence(corpus_path: str | os.PathLike, *, window: int = 15, min_
     logger.info("glove: vocabulary of %d words (of %d) from %d tokens (%.1fs)", len(kept), len(frequencies),
                 total, time.perf_counter() - start)
     index = {w: i for i, w in enumerate(kept)}
-    size = len(kept)
 
     start = time.perf_counter()
     merged: list[sparse.csr_matrix] = []  # partial sums, each at most half the size of the one below it
