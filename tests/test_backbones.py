@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -106,3 +107,28 @@ def test_tiny_text_backbones_know_the_test_words(tiny_specs):
     assert hf.preprocessor.tokenizer.unk_token_id not in hf.preprocess(["the market rallied"])["input_ids"]
     w2v = tk.load_backbone(tiny_specs["word2vec"][0])
     assert (w2v.preprocess(["the market rallied"])["input_ids"] > 0).all()  # 0 is padding/unknown
+
+
+def test_feature_info_describes_a_real_forward(backbone):
+    info = backbone.feature_info  # from the architecture: no forward pass
+    assert isinstance(info, tk.backbones.FeatureInfo) and info == backbone.feature_info
+    assert info.modality == backbone.modality and info.pooled == backbone.feature_dim
+    backbone.eval()
+    inputs = backbone.preprocess(raw_batch(backbone.modality))
+    with torch.no_grad():
+        plain, out = backbone(**inputs), backbone(**inputs, stages=True)
+    assert torch.equal(out.pooled, plain.pooled) and out.pooled.shape[-1] == info.pooled
+    assert (out.tokens is None) == (info.tokens is None)
+    if info.tokens is not None:
+        assert out.tokens.shape[-1] == info.tokens
+    assert (out.spatial is None) == (info.spatial is None)
+    if info.spatial is not None:
+        assert out.spatial.shape[1] == info.spatial
+    assert plain.stages is None and len(out.stages) == len(info.stages)
+    assert bool(info.stages) == (backbone.modality == "image")
+    for stage, fmap in zip(info.stages, out.stages):
+        height, width = inputs["pixel_values"].shape[-2:]
+        assert fmap.shape == (len(raw_batch("image")), stage.channels, math.ceil(height / stage.stride),
+                              math.ceil(width / stage.stride)), stage
+    strides = [s.stride for s in info.stages]
+    assert strides == sorted(strides)

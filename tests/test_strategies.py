@@ -8,6 +8,7 @@ from torch import nn
 
 import transferkit as tk
 from transferkit.backbones.layers import split_blocks
+from transferkit.errors import ConfigError
 from transferkit.tasks import ClassificationTask
 from transferkit.trainer import strategies as st
 
@@ -247,7 +248,7 @@ def test_balanced_lp_ft_weights_the_probe_stage_only(tiny_specs):
 def test_balanced_needs_labelled_examples(tiny_specs):
     with pytest.raises(ValueError, match="class id"):
         st.lp_ft(balanced=True).prepare(classifier(load(tiny_specs, "glove")), ["just text", "more text"])
-    with pytest.raises(ValueError, match="class_weights"):
+    with pytest.raises(ConfigError, match="'lp_ft_balanced' needs a classification task.*Linear has no class"):
         st.lp_ft(balanced=True).prepare(nn.Linear(2, 2), [("x", 0)])
 
 

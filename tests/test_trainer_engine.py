@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import transferkit as tk
+from transferkit.errors import ConfigError
 from transferkit.tasks.text import MaskedLM
 from transferkit.trainer.optim import schedule_factor
 
@@ -139,8 +140,14 @@ def test_custom_metric_from_the_streamed_confusion_matrix(assets):
     truth = [y for _, y in PAIRS[30:50]]
     per_class = [np.mean([p == y for p, y in zip(predictions, truth) if y == c]) for c in sorted(set(truth))]
     assert history[-1]["val_balanced"] == pytest.approx(np.mean(per_class))
-    with pytest.raises(ValueError, match="metric must be one of"):
-        tk.Trainer(metric="mcc")
+    assert trainer.best["metric"] == "balanced" and trainer.best["higher_is_better"]
+    # The name is checked against the task's metrics when fit starts; the message lists them.
+    trainer = tk.Trainer(metric="mcc", metrics={"balanced": balanced_accuracy}, progress=False)
+    with pytest.raises(ConfigError, match=r"'mcc' is not one ClassificationTask reports: choose one of "
+                                          r"\['accuracy', 'balanced', 'loss', 'macro_f1'\]"):
+        trainer.fit(model, PAIRS[:8], PAIRS[8:12])
+    with pytest.raises(ConfigError, match=r"metrics\['mcc'\] must be fn, \(fn, 'max'\) or \(fn, 'min'\)"):
+        tk.Trainer(metrics={"mcc": (balanced_accuracy, "lowest")})
 
 
 def test_checkpoint_is_safetensors_and_a_failed_save_keeps_the_last_one(assets, tmp_path, monkeypatch):

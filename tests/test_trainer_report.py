@@ -124,10 +124,16 @@ def test_report_writer_draws_a_confusion_matrix_only_when_given_one(tmp_path):
 
 
 def test_report_writer_through_the_trainer(assets, tmp_path):
-    writer = ReportWriter(tmp_path)
-    trainer = tk.Trainer(epochs=2, lr=0.05, batch_size=15, progress=False, callbacks=writer.callbacks())
+    writer, ends = ReportWriter(tmp_path), []
+    callbacks = writer.callbacks()
+    callbacks["on_train_end"].append(lambda trainer, state: ends.append(state))
+    trainer = tk.Trainer(epochs=2, lr=0.05, batch_size=15, progress=False, callbacks=callbacks)
     trainer.fit(_model(assets), PAIRS[:45], PAIRS[45:63])
     assert (tmp_path / "curves.png").stat().st_size > 1000
+    # The confusion matrix is classification's: its metrics object (of the restored epoch) draws it.
+    assert [p.name for p in writer.paths] == ["curves.png", "confusion.png"]
+    best = ends[0]["best_metrics"]
+    assert best.labels == LABELS and int(best.confusion.sum()) == 18 and "confusion" not in ends[0]
 
 
 def test_tensorboard_scalars_read_back(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from torch import nn
 
 import transferkit as tk
+from transferkit.trainer.report import describe_best
 from transferkit.trainer.search import SearchResult, best_epoch, search
 
 from conftest import SENTENCES
@@ -34,6 +35,11 @@ class FakeTrainer(tk.Trainer):
             if not self.pretext:
                 record["val_accuracy"] = accuracy * epoch / self.epochs
             history.append(record)
+        # Say which epoch is kept, as the real Trainer does (its task's default metric unless one is named).
+        metric = self.metric or ("loss" if self.pretext else "accuracy")
+        higher = metric != "loss"
+        kept = (max if higher else min)(history, key=lambda r: r[f"val_{metric}"])  # the earliest on ties
+        self.best = describe_best(history, kept["epoch"], metric, higher)
         return history
 
 

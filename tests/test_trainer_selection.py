@@ -23,6 +23,8 @@ from transferkit.trainer.strategies import Strategy
 class ToyMetrics:
     """Accuracy stuck at 0.5 (a small validation set) while the loss moves."""
 
+    higher_is_better = {"accuracy": True, "loss": False}
+
     def __init__(self):
         self.sum, self.n = 0.0, 0
 
@@ -35,6 +37,8 @@ class ToyMetrics:
 
 class Toy(nn.Module):
     """``w + u`` learns the training targets; validation scores it against the validation targets."""
+
+    default_metric = "accuracy"
 
     def __init__(self, frozen_rows: int = 0):
         super().__init__()
@@ -72,7 +76,7 @@ def _judged(scores, losses, metric="accuracy"):
     run, task = Run(), Toy()
     for epoch, (score, loss) in enumerate(zip(scores, losses), 1):
         run.start_epoch(epoch)
-        run.judge({metric: score, "loss": loss}, metric, task, None)
+        run.judge({metric: score, "loss": loss}, metric, metric != "loss", task)
     return run
 
 
@@ -97,7 +101,7 @@ def test_the_reason_names_the_ties_and_the_loss_that_broke_them():
     history = [{"epoch": e, "val_accuracy": 0.5, "val_loss": loss}
                for e, loss in enumerate([0.764, 0.70, 0.675, 0.69, 0.675], 1)]
     best = describe_best(history, 3, "accuracy")
-    assert best == {"epoch": 3, "metric": "accuracy", "value": 0.5, "val_loss": 0.675,
+    assert best == {"epoch": 3, "metric": "accuracy", "value": 0.5, "val_loss": 0.675, "higher_is_better": True,
                     "reason": "highest val_accuracy (0.5000), tied with epochs 1-2, 4-5; lowest val_loss "
                               "among them (0.6750); epoch 5 ties on val_loss too: the earliest kept"}
     history[1]["val_accuracy"] = 0.9

@@ -15,35 +15,69 @@ from torch import nn
 from transferkit.backbones.base import Backbone
 from transferkit.data import as_table, check_inputs, find_column, is_array, preprocess_named
 from transferkit.errors import CheckpointError, InputError
-from transferkit.heads import head_from_config
+from transferkit.heads import check_needs, head_from_config
 from transferkit.saving import _load_weights, _rebuild_backbone, read_config, save_pretrained
 
 
 class TransferModel(nn.Module):
     """A backbone and a head; ``forward(**inputs)`` returns ``{"logits", "features"}``.
 
+    The head receives the backbone's whole :class:`~transferkit.Features` and reads the parts it declares
+    in ``head.needs`` (the contract: :mod:`transferkit.heads.base`); ``"logits"`` holds the head's raw
+    outputs and ``"features"`` the pooled vectors.
+
     Args:
         backbone: from :func:`transferkit.load_backbone`.
         head: e.g. ``transferkit.heads.Classification(num_classes=4)``; sized from ``backbone.feature_dim``.
+
+    Raises:
+        ConfigError: the head needs feature parts (tokens, feature maps) the backbone does not give.
     """
 
     def __init__(self, backbone: Backbone, head: nn.Module):
         super().__init__()
+        check_needs(head, backbone)
         head.build(backbone.feature_dim)
         self.backbone = backbone
         self.head = head
 
-    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(**inputs).pooled
-        return {"logits": self.head(features), "features": features}
+    def forward(self, **inputs: torch.Tensor) -> dict[str, Any]:
+        # Multi-scale maps cost hooks or intermediate outputs: only for heads that read them.
+        stages = "stages" in getattr(self.head, "needs", ())
+        features = self.backbone(**inputs, stages=True) if stages else self.backbone(**inputs)
+        return {"logits": self.head(features), "features": features.pooled}
+
+    def task(self, **options: Any) -> nn.Module:
+        """The task that trains this model: the head's (loss, metrics, label reading); what ``Trainer.fit`` uses."""
+        return self.head.task(self, **options)
 
     def preprocess(self, raw_inputs: Sequence[Any]) -> dict[str, torch.Tensor]:
         return self.backbone.preprocess(raw_inputs)
 
     @torch.no_grad()
+    def outputs(self, raw_inputs: Any, batch_size: int = 32) -> tuple[torch.Tensor, bool]:
+        """The head's raw outputs for raw inputs, batch by batch, and whether the input was a single one."""
+        inputs, single = _prediction_inputs(raw_inputs, getattr(self.head, "input_column", None))
+        origins = [f"item {i}" for i in range(len(inputs))]
+        check_inputs(inputs, getattr(self.backbone, "modality", None), origins)
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out = []
+        try:
+            for start in range(0, len(inputs), batch_size):
+                batch = preprocess_named(self.preprocess, inputs[start: start + batch_size],
+                                         origins[start: start + batch_size])
+                out.append(self(**{k: v.to(device) for k, v in batch.items()})["logits"].float().cpu())
+        finally:
+            self.train(was_training)
+        if not out:  # an empty collection: no rows, the head's width
+            return torch.empty(0, getattr(self.head, "num_classes", 0)), single
+        return torch.cat(out), single
+
     def predict_proba(self, raw_inputs: Any, batch_size: int = 32) -> torch.Tensor:
         """Class probabilities for raw inputs: ``[N, num_classes]`` for a collection, ``[num_classes]``
-        for one single input.
+        for one single input (the head's ``scores``).
 
         Args:
             raw_inputs: one input (a string, an image path, a PIL image, an ``H×W``/``H×W×C`` array, a
@@ -56,39 +90,19 @@ class TransferModel(nn.Module):
             ModalityError: texts for an image model, images or image paths for a text model.
             InputError: an input is empty or unusable; the message names it (``item i``).
         """
-        inputs, single = _prediction_inputs(raw_inputs, getattr(self.head, "input_column", None))
-        origins = [f"item {i}" for i in range(len(inputs))]
-        check_inputs(inputs, getattr(self.backbone, "modality", None), origins)
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        out = []
-        try:
-            for start in range(0, len(inputs), batch_size):
-                batch = preprocess_named(self.preprocess, inputs[start: start + batch_size],
-                                         origins[start: start + batch_size])
-                logits = self(**{k: v.to(device) for k, v in batch.items()})["logits"]
-                out.append(logits.float().softmax(-1).cpu())
-        finally:
-            self.train(was_training)
-        if not out:
-            return torch.empty(0, self.head.num_classes)
-        probs = torch.cat(out)
-        return probs[0] if single else probs
+        outputs, single = self.outputs(raw_inputs, batch_size)
+        scores = self.head.scores(outputs)
+        return scores[0] if single else scores
 
     def predict(self, raw_inputs: Any, batch_size: int = 32) -> Any:
-        """Predicted class of each input: its label name when the head has labels, else its class id.
+        """The head's prediction for each input (classification: the class name, in the labels' type).
 
         Like a transformers pipeline, one single input gives one prediction and a collection gives a list
-        of the same length (see :meth:`predict_proba` for what counts as which). Names come back in the
-        type the training labels had (``int``, ``bool`` or ``str``; see :mod:`transferkit.data`).
+        of the same length (see :meth:`predict_proba` for what counts as which).
         """
-        probs = self.predict_proba(raw_inputs, batch_size)
-        ids = probs.argmax(-1).tolist()
-        labels = getattr(self.head, "labels", None)
-        if isinstance(ids, int):
-            return labels[ids] if labels else ids
-        return [labels[i] for i in ids] if labels else ids
+        outputs, single = self.outputs(raw_inputs, batch_size)
+        predictions = self.head.predict(outputs)
+        return predictions[0] if single else predictions
 
     def save_pretrained(self, directory: str | os.PathLike, metrics: dict | None = None, *,
                         overwrite: bool = False) -> Path:

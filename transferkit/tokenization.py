@@ -235,7 +235,7 @@ def extend_tokenizer(backbone, corpus_path: str | os.PathLike, num_new: int = 10
     if check:
         _check_unchanged(old_tok, tok, protected)
     return from_model(model, tok, name=backbone.config["name"] + "+extended",
-                      pooling=backbone.encoder.pooling, max_length=backbone.preprocessor.max_length)
+                      pooling=backbone.pooling.name, max_length=backbone.preprocessor.max_length)
 
 
 def _check_unchanged(old_tok, new_tok, words: Iterable[str]) -> None:

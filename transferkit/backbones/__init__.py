@@ -1,7 +1,14 @@
-"""Backbones: pretrained networks plus their preprocessing, under one contract (see :class:`Backbone`)."""
+"""Backbones: pretrained networks plus their preprocessing, under one contract (see :class:`Backbone`).
+
+``backbone.feature_info`` (:class:`FeatureInfo`, with one :class:`Stage` per multi-scale stage) describes
+the features before any forward pass; :mod:`.pooling` (:class:`Pooling`, :func:`pooling_for`) turns tokens
+or spatial maps into the pooled vector.
+"""
 
 from . import hf, scratch, vision, word_vectors  # noqa: F401  (registers the sources; heavy libraries load lazily)
-from .base import Backbone, Features
+from .base import Backbone, FeatureInfo, Features, Stage
+from .pooling import POOLINGS, Pooling, pooling_for
 from .registry import list_backbones, load_backbone, register_backbone, register_source
 
-__all__ = ["Backbone", "Features", "load_backbone", "list_backbones", "register_backbone", "register_source"]
+__all__ = ["Backbone", "FeatureInfo", "Features", "POOLINGS", "Pooling", "Stage", "list_backbones", "load_backbone",
+           "pooling_for", "register_backbone", "register_source"]

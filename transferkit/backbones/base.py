@@ -4,7 +4,15 @@ A :class:`Backbone` is two parts composed (no subclass per source):
 
 * an ``encoder`` — an ``nn.Module`` whose ``forward(**inputs)`` returns :class:`Features`;
 * a ``preprocessor`` — a callable turning raw inputs (strings, images) into the encoder's tensors,
-  built from the tokenizer, vocabulary or image transform that belongs to these weights.
+  built from the tokenizer, vocabulary or image transform that belongs to these weights;
+* optionally a ``pooling`` (:mod:`transferkit.backbones.pooling`) that fills ``Features.pooled`` from the
+  encoder's tokens + mask or spatial map (text encoders return no pooled vector of their own; vision
+  networks pool the way their architecture does, e.g. timm's ``forward_head``).
+
+Before any forward pass, :attr:`Backbone.feature_info` describes the features from the architecture
+alone (like timm's ``feature_info``): the pooled and per-token sizes and, for vision networks, the channels
+and stride of each multi-scale stage, which ``backbone(**inputs, stages=True)`` returns as
+``Features.stages`` so a dense head can be built from the description.
 
 Its ``config`` is a JSON-serialisable dict recording the source, architecture and preprocessing, so that
 ``save_pretrained`` / ``from_pretrained`` can rebuild it offline.
@@ -26,6 +34,7 @@ from torch import nn
 from transferkit.registry import Registry
 
 from .layers import LayerGroup, split_blocks
+from .pooling import Pooling, pooling_for
 
 
 @dataclass(frozen=True)
@@ -49,16 +58,59 @@ class Features:
     """What a backbone's forward pass returns.
 
     Attributes:
-        pooled: ``[B, feature_dim]`` one vector per input; what heads consume.
+        pooled: ``[B, feature_dim]`` one vector per input (``None`` only between a text encoder and the
+            backbone's pooling, which fills it).
         tokens: ``[B, T, D]`` per-token features (text networks, vision transformers), else ``None``.
         mask: ``[B, T]`` 1 where ``tokens`` holds a real token, 0 for padding; ``None`` without tokens.
         spatial: ``[B, C, H, W]`` feature map of convolutional networks, else ``None``.
+        stages: ``[B, C_i, H_i, W_i]`` maps, one per ``feature_info.stages`` entry in the same order, when
+            the backbone is called with ``stages=True`` (an empty list for text); else ``None``.
     """
 
-    pooled: torch.Tensor
+    pooled: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     spatial: torch.Tensor | None = None
+    stages: list[torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One multi-scale stage of a vision network (timm ``feature_info``: ``module``, ``num_chs``, ``reduction``).
+
+    Attributes:
+        name: the module whose output it is, e.g. ``"layer2"`` or ``"blocks.3"``.
+        channels: channels of its ``[B, C, H, W]`` map.
+        stride: input pixels per map pixel (the nominal reduction: ``H ≈ image height / stride``).
+    """
+
+    name: str
+    channels: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What a backbone's features look like, known from its architecture before any forward pass.
+
+    Attributes:
+        modality: ``"text"`` or ``"image"``.
+        pooled: size of ``Features.pooled`` (``feature_dim``).
+        tokens: size of each of ``Features.tokens`` (hidden size of transformers and ViT-like networks,
+            the vector size of word vectors); ``None`` when the backbone gives no tokens (CNNs).
+        spatial: channels of ``Features.spatial``; ``None`` without a spatial map.
+        stages: the multi-scale stages, shallow to deep, that ``stages=True`` returns maps for; empty for
+            text and for networks without a known stage structure.
+        pooling: name of the backbone's :class:`~transferkit.backbones.pooling.Pooling`, or ``None`` when
+            the network pools the way its architecture does (vision).
+    """
+
+    modality: str
+    pooled: int
+    tokens: int | None = None
+    spatial: int | None = None
+    stages: tuple[Stage, ...] = ()
+    pooling: str | None = None
 
 
 class Backbone(nn.Module):
@@ -72,13 +124,17 @@ class Backbone(nn.Module):
             ``to_config()`` method returning JSON-serialisable settings.
         config: JSON-serialisable description with at least ``source``, ``name``, ``modality``
             (``"text"`` or ``"image"``) and ``feature_dim``.
+        pooling: fills ``Features.pooled`` from the encoder's features; ``None`` when the encoder pools
+            itself. It has no parameters, so it is rebuilt from the config (``arch.pooling``), not saved.
     """
 
-    def __init__(self, encoder: nn.Module, preprocessor: Callable[[Sequence[Any]], dict], config: dict):
+    def __init__(self, encoder: nn.Module, preprocessor: Callable[[Sequence[Any]], dict], config: dict,
+                 pooling: Pooling | None = None):
         super().__init__()
         self.encoder = encoder
         self.preprocessor = preprocessor
         self.config = config
+        self.pooling = pooling
         # How many of the top layer groups learn: None = all, 0 = none (frozen).
         self.trainable_top: int | None = None
 
@@ -100,8 +156,52 @@ class Backbone(nn.Module):
         """Turn a list of raw inputs (strings, or PIL images / arrays / tensors / image paths) into tensors."""
         return self.preprocessor(raw_batch)
 
-    def forward(self, **inputs: torch.Tensor) -> Features:
-        return self.encoder(**inputs)
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """What the features look like, from the architecture alone (no forward pass).
+
+        The encoder's ``feature_info()`` gives the token size, spatial channels and stages; the
+        conformance test (``tests/test_backbones.py``) checks every source's description against a real
+        forward pass.
+        """
+        own = getattr(self.encoder, "feature_info", None)
+        parts = dict(own()) if callable(own) else {}
+        return FeatureInfo(modality=self.modality, pooled=self.feature_dim,
+                           pooling=None if self.pooling is None else self.pooling.name, **parts)
+
+    def forward(self, *, stages: bool = False, **inputs: torch.Tensor) -> Features:
+        """Features of preprocessed inputs.
+
+        Args:
+            stages: also return ``Features.stages``, the map of each ``feature_info.stages`` entry (timm:
+                ``forward_intermediates``; torchvision: forward hooks on the stage modules). ``pooled``
+                and the other parts are the same as without it.
+            **inputs: the tensors :meth:`preprocess` returns.
+        """
+        # Encoders that can return stage maps say so with ``gives_stages = True`` (the vision encoders).
+        staged = stages and getattr(self.encoder, "gives_stages", False)
+        features = self.encoder(**inputs, stages=True) if staged else self.encoder(**inputs)
+        if stages and features.stages is None:
+            features.stages = []
+        if self.pooling is not None:
+            features.pooled = self.pooling(features)
+        return features
+
+    def pool(self, features: Features, pooling: str | Pooling | None = None) -> torch.Tensor:
+        """Pool ``features`` another way than the backbone's own, without rebuilding it.
+
+        Args:
+            features: what ``backbone(**inputs)`` returned.
+            pooling: a name from :data:`transferkit.backbones.pooling.POOLINGS` (``"mean"``, ``"cls"``,
+                ``"avg"``...) or a :class:`Pooling`; ``None`` gives the backbone's own ``Features.pooled``.
+                The size is ``pooling_for(name).out_features(dim)``.
+
+        Raises:
+            ConfigError: an unknown pooling, or one that reads a part these features lack (tokens of a CNN).
+        """
+        if pooling is None:
+            return features.pooled
+        return pooling_for(pooling)(features)
 
     def encode(self, raw_batch: Sequence[Any]) -> torch.Tensor:
         """Pooled features for raw inputs, without gradients: ``[B, feature_dim]``."""

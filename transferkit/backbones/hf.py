@@ -4,8 +4,9 @@ Any checkpoint ``transformers.AutoModel`` can load works (BERT, RoBERTa, DistilB
 local directory works offline. Remote code is never run (``trust_remote_code=False``) and weights are read
 from safetensors, or from ``.bin`` files with ``torch.load(weights_only=True)`` as transformers does.
 
-Pooling: ``"mean"`` over real tokens (default; what sentence-transformers uses), ``"cls"`` (first token,
-BERT-style) or ``"last"`` (last real token, for causal models such as GPT-2).
+Pooling (:mod:`transferkit.backbones.pooling`, applied by the Backbone to the encoder's tokens + mask):
+``"mean"`` over real tokens (default; what sentence-transformers uses), ``"cls"`` (first token, BERT-style)
+or ``"last"`` (last real token, for causal models such as GPT-2).
 
 Tokenizers are checked on load: a directory without tokenizer files is a
 :class:`~transferkit.errors.TokenizerError` (transformers would silently build a tokenizer of special
@@ -28,8 +29,9 @@ from transferkit.errors import (BackboneFileNotFoundError, ConfigError, OfflineE
                                 UnknownBackboneError, UnsafeWeightsError, WeightsError)
 
 from .base import Backbone, Features
+from .pooling import Pooling, check_pooling
 from .registry import register_backbone, register_source
-from .word_vectors import _check_texts, check_pooling
+from .word_vectors import _check_texts
 
 POOLINGS = ("mean", "cls", "last")
 # Files any one of which makes a directory's tokenizer complete (vocab.json needs merges.txt beside it).
@@ -54,26 +56,19 @@ class HFTokenizer:
 
 
 class HFEncoder(nn.Module):
-    """``AutoModel`` + pooling of its last hidden state."""
+    """``AutoModel``'s last hidden state as tokens + mask; the :class:`Backbone`'s pooling makes ``pooled``."""
 
-    def __init__(self, model: nn.Module, pooling: str = "mean"):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        check_pooling(pooling, POOLINGS)
         self.model = model
-        self.pooling = pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: torch.Tensor) -> Features:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "mean":
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        elif self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:  # last real token, whichever side the tokenizer pads
-            positions = torch.arange(hidden.shape[1], device=hidden.device)
-            last = (attention_mask * positions).argmax(1)
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return Features(pooled=pooled, tokens=hidden, mask=attention_mask)
+        return Features(tokens=hidden, mask=attention_mask)
+
+    def feature_info(self) -> dict:
+        """Tokens of the model's hidden size, no spatial map or stages."""
+        return {"tokens": int(self.model.config.hidden_size)}
 
 
 def from_model(model, tokenizer, *, name: str, pooling: str = "mean", max_length: int | None = None) -> Backbone:
@@ -95,11 +90,13 @@ def from_model(model, tokenizer, *, name: str, pooling: str = "mean", max_length
             positions and max_length > positions):
         raise ConfigError(f"hf:{name}: max_length must be a whole number of tokens from 1 to {limit} (the "
                           f"model's position limit), got {max_length!r}.")
-    encoder = HFEncoder(model, pooling)
+    encoder = HFEncoder(model)
     pre = HFTokenizer(tokenizer, int(max_length))
-    config = {"source": "hf", "name": name, "modality": "text", "feature_dim": int(model.config.hidden_size),
+    pool = Pooling(pooling)
+    config = {"source": "hf", "name": name, "modality": "text",
+              "feature_dim": pool.out_features(int(model.config.hidden_size)),
               "arch": {"model_type": model.config.model_type, "pooling": pooling}, "preprocess": pre.to_config()}
-    return Backbone(encoder, pre, config)
+    return Backbone(encoder, pre, config, pooling=pool)
 
 
 def check_tokenizer_files(directory: Path, what: str) -> None:

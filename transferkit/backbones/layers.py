@@ -18,6 +18,9 @@ from its structure alone:
 
 A network without such blocks (GoogLeNet, Inception) is split into its own parameterised children, and a
 network without children is one group. An encoder can define ``layer_groups()`` to override all this.
+
+The same reading of the structure gives the multi-scale stages of torchvision networks (channels and stride
+of each, for dense heads), which torchvision does not describe itself: :func:`torchvision_info`.
 """
 
 from __future__ import annotations
@@ -127,3 +130,114 @@ def _size(module: nn.Module) -> int:
 def _pretty(name: str) -> str:
     # Encoders keep the library's network as ``.model``; group names read better without it.
     return name.removeprefix("model.")
+
+
+# --- multi-scale stages of torchvision networks ------------------------------------------------------
+# torchvision has no static description like timm's ``feature_info``, so it is read from the module
+# structure (no forward pass): the trunk is the network's children in order (its ``features`` /
+# ``layers`` / ``trunk_output`` / ``blocks`` container opened), up to the pooling and classifier; a stage
+# ends wherever the next trunk module downsamples, and at the end of the trunk.
+
+TRUNK_CONTAINERS = frozenset({"features", "layers", "trunk_output", "blocks"})
+AFTER_TRUNK = frozenset({"avgpool", "classifier", "fc", "head", "heads", "norm", "permute", "flatten", "dropout"})
+AUXILIARY = frozenset({"aux1", "aux2", "AuxLogits"})  # GoogLeNet / Inception side classifiers
+
+
+def torchvision_info(model: nn.Module, feature_dim: int) -> dict:
+    """``{"spatial": C | None, "stages": ((name, channels, stride), ...)}`` of a torchvision classifier.
+
+    Read from the module structure (no forward pass).
+
+    A module's stride is its convolution or pooling stride; a ``Sequential`` multiplies its children's,
+    any other block takes the largest of its parts (its branches downsample together); Swin's
+    ``PatchMerging`` halves. A stage's channels are the input channels of the next module with parameters
+    (right even where branches are concatenated: Inception, DenseNet), else those of what follows the
+    trunk, else ``feature_dim`` when the removed classifier read the trunk directly, else the last
+    layer's output channels. The vision transformer has no stages. Strides are nominal, like timm's
+    ``reduction``: a convolution without padding makes maps a little smaller than ``size / stride``.
+    """
+    if type(model).__name__ == "VisionTransformer":
+        return {"stages": ()}
+    trunk, after = _trunk(model)
+    strides, total = [], 1
+    for _, module in trunk:
+        total *= _stride(module)
+        strides.append(total)
+    stages = []
+    for i, (name, module) in enumerate(trunk):
+        if i + 1 < len(trunk) and strides[i + 1] == strides[i]:
+            continue
+        later = [m for _, m in trunk[i + 1:] if _size(m)]
+        channels = _in_channels(later[0]) if later else _after_channels(after, feature_dim)
+        if channels is None:
+            channels = next((c for _, m in reversed(trunk[: i + 1]) if (c := _out_channels(m))), 0)
+        stages.append((name, int(channels), int(strides[i])))
+    # The encoder's spatial map is the output of ``features`` or ``layer4``: the last stage.
+    body = hasattr(model, "features") or hasattr(model, "layer4")
+    return {"spatial": stages[-1][1] if body and stages else None, "stages": tuple(stages)}
+
+
+def _trunk(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[nn.Module]]:
+    trunk: list[tuple[str, nn.Module]] = []
+    children = [(n, c) for n, c in model.named_children() if n not in AUXILIARY]
+    for k, (name, child) in enumerate(children):
+        if name in AFTER_TRUNK:
+            return trunk, [c for _, c in children[k:]]
+        if name in TRUNK_CONTAINERS and isinstance(child, (nn.Sequential, nn.ModuleList)):
+            trunk += [(f"{name}.{n}", c) for n, c in child.named_children()]
+        else:
+            trunk.append((name, child))
+    return trunk, []
+
+
+def _stride(module: nn.Module) -> int:
+    if type(module).__name__.startswith("PatchMerging"):
+        return 2
+    if isinstance(module, nn.Conv2d):
+        return int(module.stride[0])
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        stride = module.stride or module.kernel_size
+        return int(stride if isinstance(stride, int) else stride[0])
+    parts = [_stride(c) for c in module.children()]
+    if isinstance(module, nn.Sequential):
+        product = 1
+        for part in parts:
+            product *= part
+        return product
+    return max(parts, default=1)
+
+
+def _channels(layer: nn.Module, side: str) -> int | None:
+    if type(layer).__name__.startswith("PatchMerging"):
+        return layer.dim if side == "in" else 2 * layer.dim
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels if side == "in" else layer.out_channels
+    if isinstance(layer, nn.Linear):
+        return layer.in_features if side == "in" else layer.out_features
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        return layer.num_features
+    if isinstance(layer, nn.LayerNorm):
+        return layer.normalized_shape[-1]
+    return None
+
+
+def _in_channels(module: nn.Module) -> int | None:
+    """Input channels: those of the first layer (in registration order) that has them."""
+    return next((c for m in module.modules() if (c := _channels(m, "in"))), None)
+
+
+def _out_channels(module: nn.Module) -> int | None:
+    """Output channels: those of the last layer (in registration order) that has them."""
+    if type(module).__name__.startswith("PatchMerging"):
+        return _channels(module, "out")
+    return next((c for m in reversed(list(module.modules())) if (c := _channels(m, "out"))), None)
+
+
+def _after_channels(after: list[nn.Module], feature_dim: int) -> int | None:
+    for module in after:
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                return None  # a layer of the classifier (MobileNetV3, VGG): it need not read raw channels
+            if (c := _channels(layer, "in")) is not None:
+                return c  # the norm after the trunk (Swin, ConvNeXt, MaxViT)
+    return feature_dim  # the removed classifier read the globally pooled trunk (ResNet, EfficientNet...)

@@ -20,6 +20,7 @@ With ``HF_HUB_OFFLINE=1`` or ``TRANSFERKIT_OFFLINE=1``, pretrained weights that 
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
@@ -32,8 +33,10 @@ from transferkit.errors import (BackboneFileNotFoundError, ConfigError, OfflineE
                                 UnsafeWeightsError, WeightsError)
 
 from .assets import find_package_dir, package_dir
-from .base import Backbone, Features
+from .base import Backbone, Features, Stage
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, transform_for
+from .layers import torchvision_info as _torchvision_info
+from .pooling import Pooling
 from .registry import close_matches, option_error, register_source
 
 RANDOM = (None, "random", "none")
@@ -87,7 +90,16 @@ def _load_into(model: nn.Module, state: dict, what: str, classifier_prefixes: tu
 
 
 class VisionEncoder(nn.Module):
-    """A timm or torchvision network without its classifier, returning pooled and spatial/token features."""
+    """A timm or torchvision network without its classifier, returning pooled and spatial/token features.
+
+    With ``stage`` set (timm), the network ends at that stage and returns its map only; the Backbone's
+    ``"avg"`` pooling makes ``pooled``. ``forward(..., stages=True)`` adds ``Features.stages``: timm through
+    ``forward_intermediates``, torchvision through forward hooks on the stage modules (see
+    :func:`~transferkit.backbones.layers.torchvision_info`), during the same forward pass, so the other
+    outputs do not change.
+    """
+
+    gives_stages = True  # Backbone.forward(stages=True) passes stages=True on
 
     def __init__(self, model: nn.Module, library: str, feature_dim: int, stage: int | None = None):
         super().__init__()
@@ -95,51 +107,103 @@ class VisionEncoder(nn.Module):
         self.library = library
         self.feature_dim = feature_dim
         self.stage = stage
+        self._info: dict | None = None  # feature_info(), worked out from the architecture once
 
-    def forward(self, pixel_values: torch.Tensor) -> Features:
-        if self.stage is not None:  # an intermediate stage's map, average-pooled
-            feats = self.model.forward_intermediates(pixel_values, indices=[self.stage], intermediates_only=True)[0]
-            return Features(pooled=feats.mean((2, 3)), spatial=feats)
+    def feature_info(self) -> dict:
+        """Token size, spatial channels and stages, from the architecture (no forward pass).
+
+        timm: the network's own ``feature_info`` (``module``, ``num_chs``, ``reduction``), cut at ``stage``;
+        tokens for ViT-like networks. torchvision: read from the module structure
+        (:func:`~transferkit.backbones.layers.torchvision_info`).
+        """
+        if self._info is None:
+            if self.library == "timm":
+                self._info = _timm_info(self.model, self.stage)
+            else:
+                info = _torchvision_info(self.model, self.feature_dim)
+                self._info = {**info, "stages": tuple(Stage(*s) for s in info["stages"])}
+        return self._info
+
+    def forward(self, pixel_values: torch.Tensor, stages: bool = False) -> Features:
+        maps = None
+        if self.stage is not None:  # an intermediate stage's map; the Backbone average-pools it
+            indices = list(range(len(self.feature_info()["stages"]))) if stages else [self.stage]
+            maps = self.model.forward_intermediates(pixel_values, indices=indices, intermediates_only=True)
+            return Features(spatial=maps[-1], stages=maps if stages else None)
         if self.library == "timm":
-            feats = self.model.forward_features(pixel_values)
+            if stages:
+                indices = list(range(len(self.feature_info()["stages"])))
+                feats, maps = self.model.forward_intermediates(pixel_values, indices=indices)
+            else:
+                feats = self.model.forward_features(pixel_values)
             pooled = self.model.forward_head(feats, pre_logits=True)
         else:
-            feats, pooled = self._torchvision(pixel_values)
-        if feats is not None and feats.ndim == 4 and feats.shape[1] != self.feature_dim \
-                and feats.shape[-1] == self.feature_dim:
+            feats, pooled, maps = self._torchvision(pixel_values, stages)
+        channels = self.feature_info().get("spatial") or self.feature_dim
+        if feats is not None and feats.ndim == 4 and feats.shape[1] != channels and feats.shape[-1] == channels:
             feats = feats.permute(0, 3, 1, 2)  # channels-last feature maps (e.g. timm Swin)
         if feats is not None and feats.ndim == 4:
-            return Features(pooled=pooled, spatial=feats)
+            return Features(pooled=pooled, spatial=feats, stages=maps)
         if feats is not None and feats.ndim == 3:
             mask = torch.ones(feats.shape[:2], dtype=torch.long, device=feats.device)
-            return Features(pooled=pooled, tokens=feats, mask=mask)
-        return Features(pooled=pooled)
+            return Features(pooled=pooled, tokens=feats, mask=mask, stages=maps)
+        return Features(pooled=pooled, stages=maps)
 
-    def _torchvision(self, x: torch.Tensor):
+    def _torchvision(self, x: torch.Tensor, stages: bool = False):
         body = getattr(self.model, "features", None) or getattr(self.model, "layer4", None)
         captured: list[torch.Tensor] = []
-        handle = body.register_forward_hook(lambda m, i, o: captured.append(o)) if body is not None else None
+        handles = [body.register_forward_hook(lambda m, i, o: captured.append(o))] if body is not None else []
+        info = self.feature_info()["stages"] if stages else ()
+        maps: dict[int, torch.Tensor] = {}
+        for k, stage in enumerate(info):
+            hook = functools.partial(lambda k, module, args, output: maps.__setitem__(k, output), k)
+            handles.append(self.model.get_submodule(stage.name).register_forward_hook(hook))
         try:
             out = self.model(x)
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
         if isinstance(out, tuple):  # Inception/GoogLeNet auxiliary outputs in training mode
             out = out[0]
-        return (captured[-1] if captured else None), out
+        ordered = [_channels_first(maps[k], stage.channels) for k, stage in enumerate(info)] if stages else None
+        return (captured[-1] if captured else None), out, ordered
+
+
+def _channels_first(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[B, H, W, C]`` maps (torchvision Swin) as ``[B, C, H, W]``."""
+    return t.permute(0, 3, 1, 2) if t.shape[1] != channels and t.shape[-1] == channels else t
+
+
+def _timm_info(model: nn.Module, stage: int | None) -> dict:
+    info = list(model.feature_info)
+    last = len(info) - 1 if stage is None else stage % len(info)
+    stages = tuple(Stage(f["module"], int(f["num_chs"]), int(f["reduction"])) for f in info[: last + 1])
+    if stage is not None:
+        return {"spatial": stages[-1].channels, "stages": stages}
+    # forward_features of ViT-like networks (a cls token or other prefix tokens, MLP-Mixer, LeViT) is
+    # [B, N, C] tokens; of the others a [B, C, H, W] (or channels-last) map.
+    tokens = hasattr(model, "num_prefix_tokens") or type(model).__name__ in TIMM_TOKEN_NETWORKS
+    return {"tokens": int(model.num_features), "stages": stages} if tokens else \
+        {"spatial": int(model.num_features), "stages": stages}
+
+
+# timm networks without ``num_prefix_tokens`` whose forward_features still returns tokens.
+TIMM_TOKEN_NETWORKS = frozenset({"MlpMixer", "Levit", "LevitDistilled"})
 
 
 def _wrap(model: nn.Module, library: str, name: str, feature_dim: int, transform: ImageTransform,
           arch: dict) -> Backbone:
     config = {"source": library, "name": name, "modality": "image", "feature_dim": int(feature_dim),
               "arch": arch, "preprocess": transform.to_config()}
-    return Backbone(VisionEncoder(model, library, int(feature_dim), arch.get("stage")), transform, config)
+    stage = arch.get("stage")
+    return Backbone(VisionEncoder(model, library, int(feature_dim), stage), transform, config,
+                    pooling=None if stage is None else Pooling("avg"))
 
 
 def _truncate(model: nn.Module, stage: int | None, what: str) -> int:
     """Drop the layers after ``stage`` (timm ``feature_info`` index); returns the feature size."""
-    if stage is None:
-        return int(model.num_features)
+    if stage is None:  # the size of forward_head(pre_logits=True), past any head convolution (MobileNetV3)
+        return int(getattr(model, "head_hidden_size", None) or model.num_features)
     stages = len(model.feature_info)
     if not isinstance(stage, int) or isinstance(stage, bool) or not -stages <= stage < stages:
         raise ConfigError(f"{what} has stages 0..{stages - 1} (negative counts from the end); got "

@@ -87,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="also replace a directory at --output that is not a transferkit model (everything in it "
                         "is removed once the new model is in place); files and '.' are always refused")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--task", default="classification", choices=["classification", "regression"],
+                   help="what to predict: a class per input (default) or numbers (--target-column)")
+    p.add_argument("--text-column", default="text", help="column of the inputs (texts or image paths)")
+    p.add_argument("--label-column", default="label", help="column of the class labels")
+    p.add_argument("--target-column", action="append", default=[], metavar="COLUMN",
+                   help="regression: a column of numbers to predict (repeatable; default --label-column)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-5, help="backbone learning rate (default 5e-5)")
@@ -113,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "strategy=full,lp_ft; the best model is saved")
     p.add_argument("--trials", type=int, help="random search: this many points of the --search grid (default all)")
     p.add_argument("--hidden", type=int, help="hidden layer width of the head (default: linear head)")
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1", "loss"])
+    p.add_argument("--metric", help="validation metric that selects the best epoch (default: the task's; "
+                                    "classification: accuracy, macro_f1, loss; regression: rmse, mae, r2, "
+                                    "spearman, loss)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
@@ -179,33 +185,32 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     import torch
 
     import transferkit as tk
-    from transferkit.data import class_names, load_labelled, stratified_split
-
     tk.seed_everything(args.seed)
-    data = load_labelled(args.data, text_column=args.text_column, label_column=args.label_column)
+    read, split, make_head, what = _task_parts(args)
+    data = read(args.data)
     if args.val:
-        train, val = data, load_labelled(args.val, text_column=args.text_column, label_column=args.label_column)
+        train, val = data, read(args.val)
     elif args.val_fraction > 0:
-        train, val = stratified_split(data, args.val_fraction, seed=args.seed)
+        train, val = split(data, args.val_fraction, seed=args.seed)
     else:
         train, val = data, None
-    names, _ = class_names(data.labels)  # integer labels are class names too: 5 and 7 make two classes
-    num_classes = len(names)
+    head_args = make_head(data)
+
     def build() -> tk.TransferModel:
         backbone = tk.load_backbone(args.backbone, **parse_options(args.option))
         if args.freeze:
             backbone.freeze()
-        return tk.TransferModel(backbone, tk.heads.Classification(labels=names, hidden=args.hidden))
+        return tk.TransferModel(backbone, head_args())
     # Training state lives beside the model (OUTPUT.run): save_pretrained replaces --output as a whole.
     trainer = tk.Trainer(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
                          head_lr=args.head_lr, optimizer=args.optimizer, schedule=args.schedule, warmup=args.warmup,
                          precision=args.precision, strategy=args.strategy, lr_decay=args.lr_decay,
-                         metric=args.metric, patience=args.patience, seed=args.seed, device=args.device,
+                         **({"metric": args.metric} if args.metric else {}), patience=args.patience, seed=args.seed, device=args.device,
                          num_workers=args.num_workers, compile=args.compile, output_dir=str(run_dir),
                          save_every=args.save_every,
                          loggers=("csv", "report") + (("tensorboard",) if args.tensorboard else ()),
                          progress=not args.no_progress)
-    print(f"fine-tuning {args.backbone} on {len(train)} examples ({num_classes} classes)"
+    print(f"fine-tuning {args.backbone} on {len(train)} examples ({what(data)})"
           + (f", validating on {len(val)}" if val is not None else "") + f"; run state in {run_dir}", flush=True)
     if args.search:
         model, history = _search(build, train, val, trainer, args)
@@ -224,6 +229,32 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     path = model.save_pretrained(output, metrics={f"val_{k}": v for k, v in best.items()}, overwrite=args.overwrite)
     print(f"saved to {path}")
     return 0
+
+
+def _task_parts(args: argparse.Namespace):
+    """For ``--task``: how to read a data file, split off validation data, build the head, describe the data."""
+    import transferkit as tk
+    from transferkit.data import (LabelledData, class_names, load_labelled, load_targets, random_split,
+                                  stratified_split)
+
+    if args.task == "regression":
+        columns = args.target_column or [args.label_column]
+
+        def read(path):
+            inputs, targets, origins = load_targets(path, input_column=args.text_column, target_columns=columns)
+            return LabelledData(inputs, targets, origins, args.text_column)
+
+        return (read, random_split, lambda data: lambda: tk.heads.Regression(columns, hidden=args.hidden),
+                lambda data: f"{len(columns)} target{'s' if len(columns) > 1 else ''}: {', '.join(columns)}")
+
+    def read_classes(path):
+        return load_labelled(path, text_column=args.text_column, label_column=args.label_column)
+
+    def head(data):
+        names, _ = class_names(data.labels)  # integer labels are class names too: 5 and 7 make two classes
+        return lambda: tk.heads.Classification(labels=names, hidden=args.hidden)
+
+    return read_classes, stratified_split, head, lambda data: f"{len(class_names(data.labels)[0])} classes"
 
 
 def format_number(value) -> str:
@@ -271,12 +302,15 @@ def _predict(args: argparse.Namespace) -> int:
             inputs += load_inputs(path, input_column=args.text_column)[0]
     if not inputs:
         raise InputError("nothing to predict: give inputs on the command line or a file with --data.")
-    probs = model.predict_proba(inputs, batch_size=args.batch_size)
-    labels = model.head.labels or list(range(model.head.num_classes))
-    for raw, p in zip(inputs, probs):
-        record = {"input": raw if isinstance(raw, str) else repr(raw), "label": labels[int(p.argmax())]}
-        if args.proba:
-            record["proba"] = {str(name): round(float(q), 6) for name, q in zip(labels, p)}
+    outputs, _ = model.outputs(inputs, batch_size=args.batch_size)
+    predictions = model.head.predict(outputs)
+    key = "label" if model.head.head_type == "classification" else "prediction"
+    labels = getattr(model.head, "labels", None) or list(range(getattr(model.head, "num_classes", 0)))
+    scores = model.head.scores(outputs) if args.proba and key == "label" else None
+    for i, (raw, prediction) in enumerate(zip(inputs, predictions)):
+        record = {"input": raw if isinstance(raw, str) else repr(raw), key: prediction}
+        if scores is not None:
+            record["proba"] = {str(name): round(float(q), 6) for name, q in zip(labels, scores[i])}
         print(json.dumps(record, ensure_ascii=False))
     return 0
 

@@ -59,3 +59,15 @@ def stratified_split(data: LabelledData, fraction: float, seed: int = 0) -> tupl
     if not held:
         raise DataError(f"{len(data)} examples are too few to hold out a validation split: pass --val data.")
     return data.subset(sorted(train)), data.subset(sorted(held))
+
+
+def random_split(data: LabelledData, fraction: float, seed: int = 0) -> tuple[LabelledData, LabelledData]:
+    """Hold out ``fraction`` of the examples at random (at least one), for labels that are not classes."""
+    if not 0 < fraction < 1:
+        raise DataError(f"the held-out fraction must be between 0 and 1, got {fraction}.")
+    if len(data) < 2:
+        raise DataError(f"{len(data)} example is too few to hold out a validation split: pass --val data.")
+    order = list(range(len(data)))
+    random.Random(seed).shuffle(order)
+    k = min(len(data) - 1, max(1, round(len(data) * fraction)))
+    return data.subset(sorted(order[k:])), data.subset(sorted(order[:k]))

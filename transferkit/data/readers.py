@@ -75,6 +75,18 @@ def load_inputs(source: Any, *, input_column: str = "text") -> tuple[list, list[
     return list(data.inputs), list(data.origins)
 
 
+def load_raw(source: Any, *, input_column: str = "text", label_column: str = "label") -> LabelledData:
+    """Inputs and the raw values of ``label_column`` from any container, before any label rule.
+
+    For heads whose labels are not class names (regression targets, tag sequences, answer spans): they
+    apply their own reading to ``labels``. Raises DataError for an empty, unreadable or ambiguous source.
+    """
+    data = _read(source, input_column, label_column)
+    if len(data) == 0:
+        raise DataError(f"the dataset {_describe(source)} is empty: give at least one labelled example.")
+    return data
+
+
 def _describe(source: Any) -> str:
     return repr(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else f"({type(source).__name__})"
 

@@ -1,9 +1,19 @@
-"""Supervised classification: cross-entropy over a TransferModel's logits, accuracy and macro-F1."""
+"""Supervised classification: cross-entropy over a TransferModel's logits, accuracy and macro-F1.
+
+What only classification has lives here, not in the Trainer: class weights (the hooks of
+:class:`~transferkit.tasks.protocol.ClassWeighted`), the streamed confusion matrix, custom metrics over
+it and its ``confusion.png``.
+"""
 
 from __future__ import annotations
 
+import operator
 import os
+from collections import Counter
+from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +21,8 @@ from torch import nn
 
 from transferkit.backbones.images import check_image_files
 from transferkit.data import check_inputs, class_names, label_ids, load_labelled, preprocess_named
-from transferkit.errors import LabelError
+from transferkit.errors import DataError, LabelError
+from transferkit.files import atomic_path
 
 
 class Example(tuple):
@@ -40,11 +51,18 @@ class ClassificationTask(nn.Module):
         class_weights: ``[num_classes]`` weights of the training loss (the ``weight=`` of the
             cross-entropy), e.g. class-balanced weights for imbalanced labels; ``None`` weighs all classes
             alike. Evaluation losses are never weighted, so they stay comparable across epochs. A
-            fine-tuning strategy may set it per epoch (:mod:`transferkit.trainer.strategies`).
+            fine-tuning strategy sets it per epoch through :meth:`set_class_weights`
+            (:mod:`transferkit.trainer.strategies`).
         input_column: column of the inputs (texts, image paths or images) when the data is a table (CSV,
             JSONL, DataFrame, dict of columns, datasets.Dataset).
         label_column: column of the labels in a table.
+
+    Attributes:
+        default_metric: ``"accuracy"``, what selects the best epoch unless ``Trainer(metric=...)`` says
+            otherwise (``"macro_f1"``, ``"loss"`` or a custom metric).
     """
+
+    default_metric = "accuracy"
 
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None,
                  input_column: str = "text", label_column: str = "label"):
@@ -98,14 +116,48 @@ class ClassificationTask(nn.Module):
         return {"loss": loss, "logits": logits}
 
     def metrics(self) -> "ClassificationMetrics":
-        return ClassificationMetrics(self.model.head.num_classes)
+        head = self.model.head
+        return ClassificationMetrics(head.num_classes, getattr(head, "labels", None))
+
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Weight the training loss by ``weights`` (``[num_classes]``) from now on; ``None``: all alike."""
+        self.class_weights = weights
+
+    def class_counts(self, examples: Sequence[tuple[Any, int]]) -> list[int]:
+        """Training examples per class id (for class-balanced weights), one count per class of the head.
+
+        Raises:
+            DataError: ``examples`` are not ``(input, class id)`` pairs, as :meth:`examples` makes.
+        """
+        try:
+            labels = [operator.index(y) for _, y in examples]
+        except (TypeError, ValueError) as e:
+            raise DataError("class counts need (input, class id) examples, as ClassificationTask.examples "
+                            "makes; pass the data through task.examples(data) first.") from e
+        num_classes = getattr(self.model.head, "num_classes", None) or max(labels, default=-1) + 1
+        counts = Counter(labels)
+        return [counts.get(c, 0) for c in range(num_classes)]
 
 
 class ClassificationMetrics:
-    """Streaming accuracy and macro-F1 from a confusion matrix: no list of predictions is kept."""
+    """Streaming accuracy and macro-F1 from a confusion matrix: no list of predictions is kept.
 
-    def __init__(self, num_classes: int):
+    Args:
+        num_classes: classes of the head.
+        labels: their names (for ``confusion.png``); ``None`` names them ``0..C-1``.
+
+    Attributes:
+        confusion: ``[C, C]`` counts, ``confusion[i, j]`` examples of class ``i`` predicted as ``j``. A
+            custom metric ``Trainer(metrics={"name": fn})`` receives it as a NumPy array
+            (:meth:`custom_metric_input`), so any metric of the confusion matrix is exact.
+        higher_is_better: the direction of each metric :meth:`compute` returns.
+    """
+
+    higher_is_better = {"loss": False, "accuracy": True, "macro_f1": True}
+
+    def __init__(self, num_classes: int, labels: Sequence[str] | None = None):
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        self.labels = list(labels) if labels is not None else None
         self.loss_sum = 0.0
         self.count = 0
 
@@ -127,3 +179,69 @@ class ClassificationMetrics:
         return {"loss": self.loss_sum / max(1, self.count),
                 "accuracy": float(tp.sum() / c.sum().clamp(min=1)),
                 "macro_f1": float(f1[present].mean()) if present.any() else 0.0}
+
+    def custom_metric_input(self) -> np.ndarray:
+        """What a custom metric ``fn`` receives: the confusion matrix as a NumPy array."""
+        return self.confusion.cpu().numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"confusion": self.confusion.tolist(), "loss_sum": self.loss_sum, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.confusion = torch.tensor(state["confusion"], dtype=torch.long)
+        self.loss_sum, self.count = state.get("loss_sum", 0.0), state.get("count", 0)
+
+    def report(self, output_dir: str | os.PathLike) -> list[Path]:
+        """Write ``confusion.png`` (rows: true class, columns: predicted) to ``output_dir``."""
+        return [save_confusion(self.confusion, Path(output_dir), self.labels)]
+
+
+def save_confusion(confusion: Any, output_dir: Path, labels: Sequence[str] | None = None) -> Path:
+    """Draw a ``[C, C]`` confusion matrix (tensor or array) as ``output_dir/confusion.png``, atomically.
+
+    Raises:
+        ValueError: the matrix is not square, or ``labels`` does not name each of its classes.
+    """
+    figure = confusion_figure(confusion, labels)
+    path = Path(output_dir) / "confusion.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
+
+def confusion_figure(confusion: Any, labels: Sequence[str] | None = None):
+    """A matplotlib figure of a confusion matrix, with counts in the cells up to 30 classes.
+
+    Drawn by the Agg canvas: no display is needed and pyplot's global state is never touched.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError("reports need matplotlib, a dependency of transferkit: pip install matplotlib") from e
+    matrix = np.asarray(confusion.detach().cpu() if hasattr(confusion, "detach") else confusion)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"a confusion matrix must be square [C, C], got shape {matrix.shape}")
+    n = matrix.shape[0]
+    names = [str(i) for i in range(n)] if labels is None else [str(name) for name in labels]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} labels for a {n}x{n} confusion matrix")
+    side = min(20.0, 3.0 + 0.45 * n)
+    figure = Figure(figsize=(side + 1.2, side), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    axes.set_xticks(range(n), labels=names, rotation=45, ha="right")
+    axes.set_yticks(range(n), labels=names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    total = matrix.sum()
+    axes.set_title(f"confusion matrix (accuracy {np.trace(matrix) / total:.3f})" if total else "confusion matrix")
+    if n <= 30:  # beyond that the counts are unreadable; the colours still show the pattern
+        threshold = matrix.max() / 2
+        for (i, j), count in np.ndenumerate(matrix):
+            axes.text(j, i, f"{count:g}", ha="center", va="center",
+                      color="white" if count > threshold else "black", fontsize=8 if n > 10 else 10)
+    return figure

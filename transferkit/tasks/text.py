@@ -205,6 +205,8 @@ class MaskedLM(nn.Module):
             ``word_id``) together.
     """
 
+    default_metric = "loss"  # selects the best epoch unless Trainer(metric=...) names another
+
     def __init__(self, backbone, mask_prob: float = 0.15, whole_word: bool = False):
         super().__init__()
         if not 0.0 < mask_prob < 1.0:
@@ -244,7 +246,10 @@ class MaskedLM(nn.Module):
 
 
 class LMMetrics:
-    """Streaming loss per predicted token and accuracy of the predicted tokens (masked or next)."""
+    """Streaming loss per predicted token, accuracy of the predicted tokens (masked or next) and
+    perplexity (``exp`` of the loss)."""
+
+    higher_is_better = {"loss": False, "accuracy": True, "perplexity": False}
 
     def __init__(self):
         self.loss_sum, self.correct, self.count = 0.0, 0, 0
@@ -295,6 +300,8 @@ class NextSentencePrediction(nn.Module):
         seed: seed of the pair sampling (pass ``e`` over the file uses ``seed + e``).
     """
 
+    default_metric = "loss"  # selects the best epoch unless Trainer(metric=...) names another
+
     def __init__(self, backbone, order: bool = False, mlm: bool = False, mask_prob: float = 0.15,
                  whole_word: bool = False, seed: int = 0):
         super().__init__()
@@ -343,6 +350,9 @@ class PairMetrics:
 
     def __init__(self, mlm: bool):
         self.mlm = LMMetrics() if mlm else None
+        self.higher_is_better = {"loss": False, "accuracy": True}
+        if self.mlm is not None:
+            self.higher_is_better.update({f"mlm_{k}": v for k, v in LMMetrics.higher_is_better.items()})
         self.loss_sum, self.correct, self.count = 0.0, 0, 0
 
     def update(self, batch: dict[str, Any], outputs: dict[str, torch.Tensor]) -> None:
@@ -386,6 +396,8 @@ class CausalLM(nn.Module):
         backbone: an ``hf:`` backbone whose model is a causal decoder.
         add_eos: append the tokenizer's end-of-sequence token to each text when it does not already.
     """
+
+    default_metric = "loss"  # selects the best epoch unless Trainer(metric=...) names another
 
     def __init__(self, backbone, add_eos: bool = True):
         super().__init__()

@@ -37,10 +37,15 @@ __all__ = ["RotationPrediction", "PatchColor", "DenoisingAutoencoder", "ImageFol
 
 
 class PretextMetrics:
-    """Streaming mean loss, and accuracy of ``logits.argmax(1)`` against ``labels`` when the task has labels."""
+    """Streaming mean loss, and accuracy of ``logits.argmax(1)`` against ``labels`` when the task has labels.
 
-    def __init__(self):
+    Args:
+        accuracy: the task classifies (has ``labels``), so ``accuracy`` is one of its metrics.
+    """
+
+    def __init__(self, accuracy: bool = True):
         self.loss_sum, self.count, self.correct, self.total = 0.0, 0, 0, 0
+        self.higher_is_better = {"loss": False, **({"accuracy": True} if accuracy else {})}
 
     def update(self, batch: dict[str, Any], outputs: dict[str, torch.Tensor]) -> None:
         n = int(batch["inputs"]["pixel_values"].shape[0])
@@ -82,6 +87,8 @@ class RotationPrediction(nn.Module):
         all_rotations: all four rotations of every image per batch (paper), or one random rotation each.
         crop_scale: area fraction range of the random crop; ``None`` turns the crop off.
     """
+
+    default_metric = "loss"  # selects the best epoch unless Trainer(metric=...) names another
 
     def __init__(self, backbone: nn.Module, all_rotations: bool = True,
                  crop_scale: tuple[float, float] | None = (0.5, 1.0)):
@@ -138,6 +145,8 @@ class PatchColor(nn.Module):
         patch_fraction: patch side as a fraction of the image side (patch mode).
         grid: cells per side (colorize mode).
     """
+
+    default_metric = "loss"  # selects the best epoch unless Trainer(metric=...) names another
 
     def __init__(self, backbone: nn.Module, mode: str = "patch", bins: int = 4, channels: str = "rgb",
                  patch_fraction: float = 0.25, grid: int = 4):
@@ -233,6 +242,8 @@ class DenoisingAutoencoder(nn.Module):
         hidden: decoder width.
     """
 
+    default_metric = "loss"  # selects the best epoch unless Trainer(metric=...) names another
+
     def __init__(self, backbone: nn.Module, noise: str = "gaussian+mask", sigma: float = 0.2,
                  mask_ratio: float = 0.25, output_size: int = 16, hidden: int = 64):
         super().__init__()
@@ -259,4 +270,4 @@ class DenoisingAutoencoder(nn.Module):
         return {"loss": F.mse_loss(reconstruction.float(), batch["target"]), "reconstruction": reconstruction}
 
     def metrics(self) -> PretextMetrics:
-        return PretextMetrics()
+        return PretextMetrics(accuracy=False)

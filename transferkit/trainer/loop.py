@@ -1,12 +1,14 @@
 """One small trainer for every task, on a laptop CPU, one GPU or many.
 
-It trains a *task* (a module whose ``forward(batch)`` returns a dict with ``loss``; see
-:mod:`transferkit.tasks`). A :class:`~transferkit.TransferModel` is wrapped in a
-:class:`~transferkit.tasks.ClassificationTask` automatically. The loop below reads top to bottom; each
+It trains a *task* and knows nothing else about it: the Task protocol of :mod:`transferkit.tasks.protocol`
+(examples, collate, ``forward(batch) -> {"loss", ...}``, streaming metrics that say whether higher is
+better, a default selection metric). A :class:`~transferkit.TransferModel` is wrapped in the task its head
+names (``head.task(model)``; a :class:`~transferkit.tasks.ClassificationTask` for heads that name none).
+The loop below reads top to bottom; each
 feature is a small helper beside it: :mod:`.precision` (bf16/fp16 autocast, loss scaling), :mod:`.optim`
 (AdamW/SGD, warm-up + linear/cosine schedules), :mod:`.strategies` (linear probe, gradual unfreezing,
 layer-wise LR decay, LP-FT), :mod:`.distributed` (data order, DDP), :mod:`.checkpoint` (exact resume),
-:mod:`.report` (CSV, TensorBoard, PNG report).
+:mod:`.report` (CSV, TensorBoard, PNG report), :mod:`.selection` (the selection metric, custom metrics).
 
 Callbacks: ``callbacks={"on_epoch_end": [fn, ...]}``; each ``fn(trainer, state)`` is called with a dict
 ``state``. Events: ``on_train_start``, ``on_step_end``, ``on_epoch_end``, ``on_train_end``. Callbacks
@@ -34,9 +36,9 @@ from . import checkpoint, distributed
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .run import Run
+from .selection import custom_metrics, custom_values, resolve
 
 EVENTS = ("on_train_start", "on_step_end", "on_epoch_end", "on_train_end")
-BUILTIN_METRICS = ("accuracy", "macro_f1", "loss")
 
 
 @dataclass
@@ -65,16 +67,22 @@ class Trainer:
             ``"llrd"``, ``"lp_ft"``, ``"lp_ft_balanced"`` — or a ``Strategy`` (see :mod:`.strategies`).
         lr_decay: layer-wise learning-rate decay: the top backbone layer group gets ``lr``, each lower
             one ``lr_decay`` times the one above; combines with any strategy. ``None``: same lr throughout.
-        metric: validation metric that selects the best epoch: ``"accuracy"``, ``"macro_f1"``, ``"loss"``
-            or a name in ``metrics``. Tasks that do not report it select on loss. Epochs that tie on it
-            (the same value exactly, as accuracy on a small validation set often does) are told apart by
-            validation loss, the lower winning; if the loss ties too the earlier epoch is kept. An epoch
-            that wins only by the tie-break is an improvement: its weights are kept and it resets
-            ``patience``.
-        metrics: extra validation metrics for classification, ``name → fn(confusion) -> float`` where
-            ``confusion[i, j]`` counts examples of class ``i`` predicted as ``j`` (a NumPy array). It is
-            accumulated batch by batch, so no prediction is kept, and any metric of the confusion matrix
-            (balanced accuracy, MCC, Cohen's kappa, per-class recall...) is exact.
+        metric: validation metric that selects the best epoch: any metric the task reports (classification:
+            ``"accuracy"``, ``"macro_f1"``, ``"loss"``; language models also ``"perplexity"``) or a name in
+            ``metrics``; ``None`` (default) takes the task's ``default_metric`` (classification:
+            accuracy; pretext tasks: loss). Whether higher is better comes from the task. A name the
+            task does not report is refused when ``fit`` starts, with the list of those it does. Epochs
+            that tie on it (the same value exactly, as accuracy on a small validation set often does)
+            are told apart by validation loss, the lower winning; if the loss ties too the earlier epoch
+            is kept. An epoch that wins only by the tie-break is an improvement: its weights are kept
+            and it resets ``patience``.
+        metrics: extra validation metrics for any task, ``name → fn`` (higher is better) or
+            ``name → (fn, "min")`` (lower is better); reported as ``val_<name>``. ``fn`` receives what
+            the task's metrics object gives custom metrics (:mod:`.selection`): for classification the
+            confusion matrix, ``confusion[i, j]`` examples of class ``i`` predicted as ``j`` (a NumPy
+            array), accumulated batch by batch, so any metric of it (balanced accuracy, MCC, Cohen's
+            kappa, per-class recall...) is exact; for other tasks the metrics object itself after
+            ``compute()``.
         patience: stop after this many epochs without improvement; ``None`` trains all epochs. With
             validation data the best epoch's weights are restored either way: :attr:`best` says which
             and why, and that epoch's history record gets ``"restored": True``.
@@ -87,8 +95,8 @@ class Trainer:
         output_dir: where checkpoints, ``metrics.csv`` and the report go; ``None`` writes nothing.
         save_every: also checkpoint every this many optimiser steps (a checkpoint is written at the end
             of every epoch when ``output_dir`` is set).
-        loggers: with ``output_dir``: any of ``"csv"``, ``"tensorboard"``, ``"report"`` (PNG curves and
-            confusion matrix at the end).
+        loggers: with ``output_dir``: any of ``"csv"``, ``"tensorboard"``, ``"report"`` (PNG curves at the end,
+            and the task's own report files: classification's confusion matrix).
         compile: ``torch.compile`` the task's forward pass: ``True`` or a backend name.
         channels_last: channels-last memory format for convolutional image backbones; ``None`` turns it
             on for CUDA.
@@ -113,8 +121,8 @@ class Trainer:
     precision: str = "fp32"
     strategy: Any = "full"
     lr_decay: float | None = None
-    metric: str = "accuracy"
-    metrics: dict[str, Callable] = field(default_factory=dict)
+    metric: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
     patience: int | None = None
     max_steps: int | None = None
     seed: int = 0
@@ -135,8 +143,7 @@ class Trainer:
         unknown = set(self.callbacks) - set(EVENTS)
         if unknown:
             raise ValueError(f"unknown callback events {sorted(unknown)}; events are {EVENTS}")
-        if self.metric not in (*BUILTIN_METRICS, *self.metrics):
-            raise ValueError(f"metric must be one of {BUILTIN_METRICS} or a name in metrics, got {self.metric!r}")
+        custom_metrics(self.metrics)  # the forms; the names are checked against the task's in fit
         if self.accumulate < 1 or self.batch_size < self.accumulate:
             raise ValueError(f"need 1 <= accumulate <= batch_size, got accumulate={self.accumulate}, "
                              f"batch_size={self.batch_size}")
@@ -176,6 +183,10 @@ class Trainer:
         val_examples = task.examples(val) if val is not None else None
         if hasattr(train_examples, "__len__") and len(train_examples) == 0:
             raise DataError("the training data is empty.")
+        custom = custom_metrics(self.metrics)
+        # The selection metric and its direction, from the task (checked even without validation data
+        # when the user named one, so a typo is never silent).
+        metric, higher = resolve(self.metric, task, custom) if val is not None or self.metric else ("loss", False)
         strategy = get_strategy(self.strategy)
         strategy.prepare(task, train_examples)
         precision = Precision(self.precision, device)
@@ -206,6 +217,7 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
             precision.load_state_dict(state["scaler"])
             run.load(state)
+            run.restore_metrics(task)  # the best epoch's metrics, for the task's report
         callbacks = self._callbacks(output, world)
         self._emit(callbacks, "on_train_start", {"epochs": self.epochs, "steps_per_epoch": steps,
                                                  "output_dir": self.output_dir})
@@ -239,9 +251,9 @@ class Trainer:
                       max(1.0, distributed.all_sum(run.items, world, device)),
                       "lr": self._lr(optimizer), "seconds": run.seconds()}
             if val_examples is not None:
-                metrics, confusion = self._evaluate(task, val_examples, device, precision, channels_last)
-                record.update({f"val_{k}": v for k, v in metrics.items()})
-                run.judge(metrics, self.metric, task, confusion)
+                values, metrics = self._evaluate(task, val_examples, device, precision, channels_last, custom)
+                record.update({f"val_{k}": v for k, v in values.items()})
+                run.judge(values, metric, higher, task, metrics)
             run.history.append(record)
             self._emit(callbacks, "on_epoch_end", {"epoch": epoch, "step": run.step, "metrics": record,
                                                    "seconds": record["seconds"]})
@@ -253,7 +265,7 @@ class Trainer:
         if run.best_epoch is not None:
             from .report import describe_best
 
-            self.best = describe_best(run.history, run.best_epoch, self.metric)
+            self.best = describe_best(run.history, run.best_epoch, metric, higher)
             next(r for r in run.history if r["epoch"] == run.best_epoch)["restored"] = True
         if run.best_state is not None:
             # The best weights leave out parameters that never learned in this run: they have not moved.
@@ -262,19 +274,20 @@ class Trainer:
                 raise CheckpointError(f"the best epoch's weights hold {unexpected[:3]}, which this model does "
                                       "not have; resume with the model the run started with, or resume=False.")
         task.eval()
-        head = getattr(getattr(task, "model", None), "head", None)
+        # best_metrics: the restored epoch's metrics object; the report logger asks it for the task's
+        # own files (classification: confusion.png).
         self._emit(callbacks, "on_train_end", {"history": run.history, "best": self.best,
-                                               "output_dir": self.output_dir, "confusion": run.confusion,
-                                               "labels": getattr(head, "labels", None)})
+                                               "output_dir": self.output_dir, "best_metrics": run.best_metrics})
         return run.history
 
     def evaluate(self, model: nn.Module, data: Any) -> dict[str, float]:
-        """Metrics of ``model`` on labelled ``data`` (streamed: predictions are not kept)."""
+        """Metrics of ``model`` on labelled ``data`` (streamed: predictions are not kept), custom ones included."""
         task = as_task(model)
         device = self._device()
         task.to(device)
+        custom = custom_metrics(self.metrics)
         return self._evaluate(task, task.examples(data), device, Precision(self.precision, device),
-                              self._channels_last(task, device))[0]
+                              self._channels_last(task, device), custom)[0]
 
     # -- one optimiser step -------------------------------------------------------------------------
 
@@ -346,8 +359,9 @@ class Trainer:
         for micros in plan:
             yield [next(it) for _ in micros]
 
-    def _evaluate(self, task: nn.Module, examples, device: torch.device,
-                  precision: Precision, channels_last: bool) -> tuple[dict[str, float], torch.Tensor | None]:
+    def _evaluate(self, task: nn.Module, examples, device: torch.device, precision: Precision,
+                  channels_last: bool, custom: dict) -> tuple[dict[str, float], Any]:
+        """The task's metrics (and the custom ones) on ``examples``, and the metrics object that made them."""
         if hasattr(examples, "__len__") and len(examples) == 0:
             raise DataError("the evaluation data is empty.")
         was_training = task.training
@@ -362,13 +376,8 @@ class Trainer:
                     metrics.update(batch, task(batch))
         task.train(was_training)
         result = metrics.compute()
-        confusion = getattr(metrics, "confusion", None)
-        for name, fn in self.metrics.items():
-            if confusion is None:
-                raise ValueError(f"custom metric {name!r} needs a confusion matrix, which this task "
-                                 f"({type(task).__name__}) does not compute; custom metrics are for classification.")
-            result[name] = float(fn(confusion.cpu().numpy()))
-        return result, confusion
+        result.update(custom_values(metrics, custom))
+        return result, metrics
 
     # -- small helpers ------------------------------------------------------------------------------
 
@@ -433,9 +442,13 @@ class Trainer:
 
 
 def as_task(model: nn.Module) -> nn.Module:
-    """A task as is; a TransferModel wrapped in a ClassificationTask."""
+    """A task as is; a model wrapped in the task its head names (``model.head.task(model)``), or in a
+    :class:`~transferkit.tasks.ClassificationTask` when its head names none."""
     if hasattr(model, "examples") and hasattr(model, "collate"):
         return model
+    make = getattr(getattr(model, "head", None), "task", None)
+    if callable(make):
+        return make(model)
     from transferkit.tasks import ClassificationTask
 
     return ClassificationTask(model)

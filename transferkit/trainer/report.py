@@ -1,4 +1,4 @@
-"""Training logs and reports: CSV files, TensorBoard scalars, loss/metric curves and a confusion matrix.
+"""Training logs and reports: CSV files, TensorBoard scalars, loss/metric curves and the task's own figures.
 
 Each logger is a small object whose ``on_*`` methods are :class:`~transferkit.Trainer` callbacks::
 
@@ -8,6 +8,9 @@ Each logger is a small object whose ``on_*`` methods are :class:`~transferkit.Tr
 :func:`loggers` builds several by name (``"csv"``, ``"tensorboard"``, ``"report"``) into one callbacks dict.
 matplotlib (a dependency) and tensorboard (optional: ``pip install 'transferkit[tensorboard]'``) are
 imported only when a logger that needs them starts, so a missing one fails before training, not after.
+What a figure shows beyond the curves belongs to the task: the report asks the metrics object of the
+restored epoch for its files (``report(output_dir)``; classification's ``confusion.png``, see
+:mod:`transferkit.tasks.classification`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
-
-import numpy as np
 
 from transferkit.errors import ConfigError
 from transferkit.files import atomic_path
@@ -129,25 +130,27 @@ class CSVLogger:
             tmp.write_text(text.getvalue(), encoding="utf-8")
 
 
-def describe_best(history: Sequence[dict], epoch: int, metric: str) -> dict[str, Any]:
+def describe_best(history: Sequence[dict], epoch: int, metric: str,
+                  higher_is_better: bool | None = None) -> dict[str, Any]:
     """Why the Trainer restored ``epoch``: its selection value, its validation loss and the ties it won.
 
     Args:
         history: the records of ``Trainer.fit`` (``epoch``, ``val_*``).
         epoch: the restored epoch.
-        metric: ``Trainer.metric``; ``"loss"`` when the history has no ``val_<metric>`` (as the Trainer does).
+        metric: the selection metric; ``"loss"`` when the history has no ``val_<metric>``.
+        higher_is_better: its direction, as the task declares it; ``None``: ``loss`` is minimised, any
+            other metric maximised.
 
     Returns:
-        ``{"epoch", "metric", "value", "val_loss", "reason"}``; e.g. the reason "highest val_accuracy
-        (0.5000), tied with epochs 1-6, 8-20; lowest val_loss among them (0.6750)".
+        ``{"epoch", "metric", "value", "val_loss", "higher_is_better", "reason"}``; e.g. the reason
+        "highest val_accuracy (0.5000), tied with epochs 1-6, 8-20; lowest val_loss among them (0.6750)".
     """
-    from .run import MINIMISED
-
     name = metric if any(f"val_{metric}" in row for row in history) else "loss"
+    higher = (name != "loss") if higher_is_better is None or name != metric else higher_is_better
     key = f"val_{name}"
     record = next(row for row in history if row.get("epoch") == epoch)
     value, loss = record[key], record.get("val_loss")
-    reason = f"{'lowest' if name in MINIMISED else 'highest'} {key} ({value:.4f})"
+    reason = f"{'highest' if higher else 'lowest'} {key} ({value:.4f})"
     ties = [row["epoch"] for row in history if row is not record and row.get(key) == value]
     if ties:
         reason += f", tied with {_epochs(ties)}"
@@ -158,7 +161,8 @@ def describe_best(history: Sequence[dict], epoch: int, metric: str) -> dict[str,
             reason += f"; {_epochs(ties)} tie{'s' if len(ties) == 1 else ''} on val_loss too: the earliest kept"
     elif ties:
         reason += ": the earliest kept"
-    return {"epoch": epoch, "metric": name, "value": value, "val_loss": loss, "reason": reason}
+    return {"epoch": epoch, "metric": name, "value": value, "val_loss": loss, "higher_is_better": higher,
+            "reason": reason}
 
 
 def _epochs(numbers: Iterable[int]) -> str:
@@ -261,10 +265,13 @@ def _summary_writer():
 
 
 class ReportWriter:
-    """At the end of training, write ``curves.png`` and (given a confusion matrix) ``confusion.png``.
+    """At the end of training, write ``curves.png`` and the task's own report files.
 
-    The history and confusion matrix come from the ``on_train_end`` state (see :func:`write_report`);
-    matplotlib is checked at ``on_train_start`` so a missing install fails before training.
+    The history comes from the ``on_train_end`` state (see :func:`write_report`); the task's files from
+    its ``best_metrics`` (the restored epoch's metrics object), when that has ``report(output_dir)``:
+    classification writes ``confusion.png``. A state with ``confusion`` (and ``labels``) instead, as
+    callers driving the writer by hand may send, draws that matrix. matplotlib is checked at
+    ``on_train_start`` so a missing install fails before training.
 
     Args:
         output_dir: directory of the images (created if missing).
@@ -292,11 +299,14 @@ class ReportWriter:
     def on_train_end(self, trainer: Any, state: dict) -> None:
         history = state.get("history") or self._history
         self.paths = write_report(history, self.output_dir, state.get("confusion"), state.get("labels"))
+        metrics = state.get("best_metrics")
+        if hasattr(metrics, "report"):
+            self.paths += list(metrics.report(self.output_dir))
 
 
 def write_report(history: Sequence[dict], output_dir: str | os.PathLike, confusion: Any = None,
                  labels: Sequence[str] | None = None) -> list[Path]:
-    """Plot a training history and a confusion matrix as PNG files.
+    """Plot a training history (and, for classification, a confusion matrix) as PNG files.
 
     Args:
         history: one dict per epoch, as returned by ``Trainer.fit`` (``epoch``, ``train_loss``, ``val_*``).
@@ -306,8 +316,9 @@ def write_report(history: Sequence[dict], output_dir: str | os.PathLike, confusi
 
     Returns:
         The paths written: ``curves.png`` (train/val loss; other ``val_*`` metrics on a second panel) when the
-        history is not empty, and ``confusion.png`` when a confusion matrix is given. Each file is written to
-        a temporary name and renamed, so a reader never sees a partial image.
+        history is not empty, and ``confusion.png`` when a confusion matrix is given (drawn by
+        :func:`transferkit.tasks.classification.save_confusion`). Each file is written to a temporary name
+        and renamed, so a reader never sees a partial image.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +326,9 @@ def write_report(history: Sequence[dict], output_dir: str | os.PathLike, confusi
     if history:
         paths.append(_save(_curves_figure(list(history)), output_dir / "curves.png"))
     if confusion is not None:
-        paths.append(_save(_confusion_figure(confusion, labels), output_dir / "confusion.png"))
+        from transferkit.tasks.classification import save_confusion
+
+        paths.append(save_confusion(confusion, output_dir, labels))
     return paths
 
 
@@ -376,33 +389,6 @@ def _curves_figure(history: list[dict]):
         axes.axvline(restored[0], color="grey", linestyle="--", linewidth=1)
         axes.annotate("restored", (restored[0], 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
                       textcoords="offset points", color="grey", fontsize=8)
-    return figure
-
-
-def _confusion_figure(confusion: Any, labels: Sequence[str] | None):
-    matrix = np.asarray(confusion.detach().cpu() if hasattr(confusion, "detach") else confusion)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"a confusion matrix must be square [C, C], got shape {matrix.shape}")
-    n = matrix.shape[0]
-    names = [str(i) for i in range(n)] if labels is None else [str(name) for name in labels]
-    if len(names) != n:
-        raise ValueError(f"{len(names)} labels for a {n}x{n} confusion matrix")
-    side = min(20.0, 3.0 + 0.45 * n)
-    figure = _new_figure(figsize=(side + 1.2, side), dpi=100, layout="constrained")
-    axes = figure.subplots()
-    image = axes.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=axes)
-    axes.set_xticks(range(n), labels=names, rotation=45, ha="right")
-    axes.set_yticks(range(n), labels=names)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    total = matrix.sum()
-    axes.set_title(f"confusion matrix (accuracy {np.trace(matrix) / total:.3f})" if total else "confusion matrix")
-    if n <= 30:  # beyond that the counts are unreadable; the colours still show the pattern
-        threshold = matrix.max() / 2
-        for (i, j), count in np.ndenumerate(matrix):
-            axes.text(j, i, f"{count:g}", ha="center", va="center",
-                      color="white" if count > threshold else "black", fontsize=8 if n > 10 else 10)
     return figure
 
 

@@ -7,8 +7,9 @@
     print(result.table())
     result.best_params, result.best_model
 
-Each trial trains a fresh model with ``dataclasses.replace(trainer, **params)`` and is scored by the best
-validation value of ``trainer.metric`` across its epochs (the epoch whose weights the Trainer keeps). Only
+Each trial trains a fresh model with ``dataclasses.replace(trainer, **params)`` and is scored by the
+validation value of the Trainer's selection metric at the epoch whose weights it keeps (``trainer.metric``,
+or the task's default; its direction comes from the task). Only
 validation data is used: measure the chosen configuration on test data once, afterwards (random search:
 Bergstra & Bengio, "Random Search for Hyper-Parameter Optimization", JMLR 2012).
 """
@@ -27,7 +28,6 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from transferkit.trainer.loop import Trainer, seed_everything
-from transferkit.trainer.run import MINIMISED
 
 
 @dataclass
@@ -37,11 +37,11 @@ class SearchResult:
     Attributes:
         best_params: the Trainer fields of the best trial.
         best_score: its best validation score.
-        metric: the validation metric compared (history key ``val_<metric>``); ``"loss"`` is minimised,
-            every other metric maximised.
+        metric: the validation metric compared (history key ``val_<metric>``).
         trials: one dict per trial, in run order: ``params``, ``score``, ``epoch`` (where the score was
             reached) and ``seconds`` (building and training).
         best_model: the best trial's trained model with its best epoch's weights (only that model is kept).
+        higher_is_better: the metric's direction, as the task declares it.
     """
 
     best_params: dict[str, Any]
@@ -49,11 +49,12 @@ class SearchResult:
     metric: str
     trials: list[dict] = field(default_factory=list)
     best_model: nn.Module | None = field(default=None, repr=False, compare=False)
+    higher_is_better: bool = True
 
     def table(self) -> str:
         """The trials as a markdown table, best first."""
         keys = list(dict.fromkeys(k for trial in self.trials for k in trial["params"]))
-        ranked = sorted(self.trials, key=lambda t: t["score"], reverse=self.metric not in MINIMISED)
+        ranked = sorted(self.trials, key=lambda t: t["score"], reverse=self.higher_is_better)
         lines = ["| " + " | ".join(["rank", *keys, f"val_{self.metric}", "epoch", "seconds"]) + " |",
                  "|" + "---|" * (len(keys) + 4)]
         for rank, trial in enumerate(ranked, 1):
@@ -92,16 +93,16 @@ def search(build_model: Callable[[], nn.Module], train: Any, val: Any, space: di
         raise ValueError("search selects on validation data: give val (never the test set).")
     records: list[dict] = []
     best: tuple[float, dict, nn.Module] | None = None
-    metric = base.metric
+    metric, higher = base.metric, True
     for index, point in enumerate(_points(values, trials, seed)):
         params = dict(zip(names, point))
-        record, metric, model = _run_trial(build_model, train, val, _configure(base, params, index))
+        record, metric, higher, model = _run_trial(build_model, train, val, _configure(base, params, index))
         records.append({"params": params, **record})
-        if best is None or _better(record["score"], best[0], metric):
+        if best is None or (record["score"] > best[0] if higher else record["score"] < best[0]):
             best = (record["score"], params, model)
         del model  # only the best model stays in memory
     return SearchResult(best_params=best[1], best_score=best[0], metric=metric, trials=records,
-                        best_model=best[2])
+                        best_model=best[2], higher_is_better=higher)
 
 
 def _check_space(space: dict[str, Sequence], base: Trainer) -> tuple[list[str], list[list]]:
@@ -149,43 +150,44 @@ def _configure(base: Trainer, params: dict, index: int) -> Trainer:
 
 
 def _run_trial(build_model: Callable[[], nn.Module], train: Any, val: Any,
-               trainer: Trainer) -> tuple[dict, str, nn.Module]:
+               trainer: Trainer) -> tuple[dict, str, bool, nn.Module]:
     start = time.perf_counter()
     seed_everything(trainer.seed)
     model = build_model()
     history = trainer.fit(model, train, val)
-    metric, score, epoch = best_epoch(history, trainer.metric)
-    if getattr(trainer, "best", None) is not None:  # the epoch the Trainer restored (ties: lower val_loss)
-        epoch = trainer.best["epoch"]
-    return {"score": score, "epoch": epoch, "seconds": time.perf_counter() - start}, metric, model
+    chosen = getattr(trainer, "best", None)  # the epoch the Trainer restored (ties: lower val_loss)
+    if chosen is not None:
+        metric, higher, score, epoch = chosen["metric"], chosen["higher_is_better"], chosen["value"], chosen["epoch"]
+    else:  # a Trainer that does not say (a subclass): the best value in its history
+        higher = trainer.metric not in (None, "loss")
+        metric, score, epoch = best_epoch(history, trainer.metric or "loss", higher)
+    return {"score": score, "epoch": epoch, "seconds": time.perf_counter() - start}, metric, higher, model
 
 
-def best_epoch(history: Sequence[dict], metric: str) -> tuple[str, float, int]:
+def best_epoch(history: Sequence[dict], metric: str, higher_is_better: bool | None = None) -> tuple[str, float, int]:
     """The best validation value of ``metric`` in a ``Trainer.fit`` history.
 
     Args:
         history: one dict per epoch with ``val_*`` keys.
         metric: ``"accuracy"``, ``"macro_f1"``, ``"loss"``...; falls back to ``"loss"`` when the history has
-            no ``val_<metric>`` (as the Trainer does for tasks that do not report it).
+            no ``val_<metric>``.
+        higher_is_better: the metric's direction, as the task declares it; ``None``: ``loss`` is
+            minimised, any other metric maximised.
 
     Returns:
         ``(metric used, best value, its epoch)``; the earliest epoch on ties (the Trainer itself breaks
         ties by validation loss, and a search reports the epoch the Trainer restored).
     """
     if not any(f"val_{metric}" in row for row in history):
-        metric = "loss"
+        metric, higher_is_better = "loss", False
     key = f"val_{metric}"
     scored = [(row[key], row.get("epoch", i + 1)) for i, row in enumerate(history)
               if isinstance(row.get(key), (int, float)) and not math.isnan(row[key])]
     if not scored:
         raise ValueError(f"the training history has no {key!r}: was validation data evaluated?")
-    pick = min if metric in MINIMISED else max
-    score, epoch = pick(scored, key=lambda s: s[0])
+    higher = metric != "loss" if higher_is_better is None else higher_is_better
+    score, epoch = (max if higher else min)(scored, key=lambda s: s[0])
     return metric, score, epoch
-
-
-def _better(score: float, best: float, metric: str) -> bool:
-    return score < best if metric in MINIMISED else score > best
 
 
 def _cell(value: Any) -> str:

@@ -23,7 +23,9 @@ Which one when:
   ValizadehAslani et al. 2022, "Two-Stage Fine-Tuning: A Novel Strategy for Learning Class-Imbalanced
   Data", arXiv 2207.10858), so the head learns rare classes before the backbone moves. For imbalanced
   labels. The weights are the "effective number of samples" weights of Cui et al. 2019 ("Class-Balanced
-  Loss Based on Effective Number of Samples", arXiv 1901.05555).
+  Loss Based on Effective Number of Samples", arXiv 1901.05555). It needs a task with class weights
+  (the ``class_counts`` / ``set_class_weights`` hooks of :class:`~transferkit.tasks.protocol.ClassWeighted`,
+  as :class:`~transferkit.tasks.ClassificationTask` has).
 * ``"llrd"`` — full fine-tuning with layer-wise learning-rate decay 0.8: the top group learns at ``lr``,
   each group below at 0.8 times the one above (ULMFiT's discriminative fine-tuning; the layer-wise decay
   of ELECTRA, Clark et al. 2020, arXiv 2003.10555, and BEiT). Any strategy takes a decay through
@@ -40,8 +42,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import operator
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -122,27 +122,24 @@ class Strategy:
 
         A backbone frozen before training (``backbone.freeze()``, ``trainable=False``,
         ``set_trainable(k)``) stays so: :meth:`apply` never unfreezes more than it allowed.
+
+        Raises:
+            ConfigError: a class-balanced strategy on a task without class weights (not classification),
+                or on streamed training data, whose classes cannot be counted first.
         """
         backbone = find_backbone(task)
         self._start_top = backbone.trainable_top if backbone is not None else None
-        self._task_weights = getattr(task, "class_weights", None)
         if not self.balanced_epochs:
             return
-        if not hasattr(task, "class_weights"):
-            raise ValueError(f"strategy {self.name!r} weights a classification loss; {type(task).__name__} "
-                             "has no class_weights (use a ClassificationTask).")
+        if not all(callable(getattr(task, hook, None)) for hook in ("class_counts", "set_class_weights")):
+            raise ConfigError(f"strategy {self.name!r} needs a classification task: it weights the loss by class, "
+                              f"and {type(task).__name__} has no class weights (no class_counts/set_class_weights "
+                              "hooks, see transferkit.tasks.protocol.ClassWeighted). Choose strategy 'lp_ft'.")
         if not hasattr(train_examples, "__len__"):
-            raise ValueError(f"strategy {self.name!r} counts the classes of the training data; it cannot "
-                             "do so for streamed data.")
-        try:
-            labels = [operator.index(y) for _, y in train_examples]
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"strategy {self.name!r} needs (input, class id) examples, as a "
-                             "ClassificationTask makes.") from e
-        head = getattr(getattr(task, "model", None), "head", None)
-        num_classes = getattr(head, "num_classes", None) or max(labels) + 1
-        counts = Counter(labels)
-        self.weights = class_balanced_weights([counts.get(c, 0) for c in range(num_classes)], self.beta)
+            raise ConfigError(f"strategy {self.name!r} counts the classes of the training data; it cannot "
+                              "do so for streamed data. Choose strategy 'lp_ft', or give the data as a list.")
+        self._task_weights = getattr(task, "class_weights", None)
+        self.weights = class_balanced_weights(task.class_counts(train_examples), self.beta)
 
     def apply(self, task: nn.Module, epoch: int) -> None:
         """Set what learns in ``epoch`` (1-based): trainable top groups and the loss's class weights."""
@@ -155,7 +152,7 @@ class Strategy:
         if self.balanced_epochs:
             if self.weights is None:
                 raise RuntimeError(f"strategy {self.name!r}: call prepare(task, examples) before apply().")
-            task.class_weights = self.weights if epoch <= self.balanced_epochs else self._task_weights
+            task.set_class_weights(self.weights if epoch <= self.balanced_epochs else self._task_weights)
 
     def finish(self, task: nn.Module) -> None:
         """Give the task back as :meth:`prepare` found it: the backbone's trainable groups, class weights."""
@@ -163,7 +160,7 @@ class Strategy:
         if backbone is not None:
             backbone.set_trainable(self._start_top)
         if self.balanced_epochs:
-            task.class_weights = self._task_weights
+            task.set_class_weights(self._task_weights)
 
 
 def class_balanced_weights(counts: list[int], beta: float = 0.999) -> torch.Tensor:

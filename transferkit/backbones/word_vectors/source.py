@@ -1,7 +1,8 @@
 """Word-vector backbones: ``word2vec:PATH``, ``glove:PATH``, ``fasttext:PATH`` and ``glove:6B.50d``.
 
 Text is tokenised with a regular expression (recorded in the config), tokens are looked up in the
-vocabulary, and the token vectors are pooled into one vector per text:
+vocabulary, and the Backbone pools the token vectors into one vector per text
+(:mod:`transferkit.backbones.pooling`):
 
 * ``pooling="mean"`` (default): the average of known tokens (Arora et al. 2017 show it is a strong baseline);
 * ``pooling="max"``: element-wise maximum (Shen et al. 2018, "Baseline Needs More Love", arXiv 1805.09843);
@@ -32,6 +33,7 @@ from transferkit.errors import BackboneFileNotFoundError, ConfigError, FileForma
 
 from ..base import Backbone, Features
 from ..layers import LayerGroup
+from ..pooling import Pooling, check_pooling
 from ..registry import register_backbone, register_source
 from .formats import FORMATS, _check_format, _read_with_gensim
 
@@ -94,13 +96,6 @@ def _check_texts(texts: Sequence[str]) -> Sequence[str]:
     return texts
 
 
-def check_pooling(pooling: str, valid: Sequence[str]) -> None:
-    """Raise :class:`ConfigError` listing the valid poolings unless ``pooling`` is one of them."""
-    if pooling not in valid:
-        raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(map(repr, valid))} "
-                          "(option pooling=...).")
-
-
 def _ngram_hashes(word: str, subwords: dict) -> list[int]:
     from gensim.models.fasttext import ft_ngram_hashes
 
@@ -108,12 +103,10 @@ def _ngram_hashes(word: str, subwords: dict) -> list[int]:
 
 
 class WordVectorEncoder(nn.Module):
-    """Embedding lookup (+ fastText n-gram table) and pooling."""
+    """Embedding lookup (+ fastText n-gram table) giving tokens + mask; the :class:`Backbone` pools them."""
 
-    def __init__(self, num_words: int, dim: int, pooling: str = "mean", buckets: int = 0):
+    def __init__(self, num_words: int, dim: int, *, buckets: int = 0):
         super().__init__()
-        check_pooling(pooling, POOLINGS)
-        self.pooling = pooling
         self.embeddings = nn.Embedding(num_words + 1, dim, padding_idx=PAD)
         self.ngrams = nn.Embedding(buckets + 1, dim, padding_idx=PAD) if buckets else None
 
@@ -124,16 +117,11 @@ class WordVectorEncoder(nn.Module):
             counts = (ngram_ids > 0).sum(-1, keepdim=True)
             sub = self.ngrams(ngram_ids).sum(-2) / counts.clamp(min=1)
             tokens = torch.where(counts > 0, sub, tokens)
-        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
-        mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1)
-        if self.pooling == "mean":
-            pooled = mean
-        else:
-            # Texts with no known token get a zero vector rather than -inf.
-            mx = tokens.masked_fill(mask == 0, float("-inf")).amax(1)
-            mx = torch.where(mask.sum(1) > 0, mx, torch.zeros_like(mx))
-            pooled = mx if self.pooling == "max" else torch.cat([mean, mx], dim=-1)
-        return Features(pooled=pooled, tokens=tokens, mask=attention_mask)
+        return Features(tokens=tokens, mask=attention_mask)
+
+    def feature_info(self) -> dict:
+        """Tokens of the vectors' size, no spatial map or stages."""
+        return {"tokens": int(self.embeddings.embedding_dim)}
 
     def layer_groups(self) -> list[LayerGroup]:
         """One group: the vectors (and fastText n-gram vectors) learn or stay fixed together."""
@@ -161,18 +149,18 @@ def from_vectors(vocab: list[str], vectors: np.ndarray, *, source: str, name: st
         lowercase = not any(w != w.lower() for w in vocab[:10000])
     dim = int(vectors.shape[1])
     buckets = 0 if ngram_vectors is None else int(ngram_vectors.shape[0])
-    encoder = WordVectorEncoder(len(vocab), dim, pooling, buckets)
+    encoder = WordVectorEncoder(len(vocab), dim, buckets=buckets)
     with torch.no_grad():
         encoder.embeddings.weight[1:] = torch.tensor(np.asarray(vectors, dtype=np.float32))  # copies: may be read-only
         if ngram_vectors is not None:
             encoder.ngrams.weight[1:] = torch.tensor(np.asarray(ngram_vectors, dtype=np.float32))
     tokenizer = WordTokenizer(list(vocab), lowercase=lowercase, max_tokens=max_tokens, pattern=pattern,
                               subwords=subwords)
-    config = {"source": source, "name": name, "modality": "text",
-              "feature_dim": dim * (2 if pooling == "mean+max" else 1),
+    pool = Pooling(pooling)
+    config = {"source": source, "name": name, "modality": "text", "feature_dim": pool.out_features(dim),
               "arch": {"num_words": len(vocab), "dim": dim, "pooling": pooling, "buckets": buckets},
               "preprocess": tokenizer.to_config()}
-    backbone = Backbone(encoder, tokenizer, config)
+    backbone = Backbone(encoder, tokenizer, config, pooling=pool)
     return backbone if trainable else backbone.freeze()
 
 

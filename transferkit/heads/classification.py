@@ -1,41 +1,18 @@
-"""Heads: small modules mapping a backbone's pooled features to predictions.
-
-A head is sized from the backbone when it is composed with it (``TransferModel(backbone, head)`` calls
-``head.build(backbone.feature_dim)``), so users only say what they want to predict.
-"""
+"""Classification: one class per input, from the pooled features (the head contract: :mod:`.base`)."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from transferkit.data import clean_label, label_type
 from transferkit.errors import ConfigError
-from transferkit.registry import Registry
+from transferkit.heads import register_head
+from transferkit.heads.base import features_part
 
 _LABEL_TYPES = {"str": str, "int": int, "bool": bool}
-
-HEADS: Registry[Callable[..., nn.Module]] = Registry("head type")
-
-
-def register_head(name: str):
-    """Decorator registering a head class under ``name`` (used to rebuild heads from saved configs)."""
-
-    def decorator(cls):
-        HEADS.register(name, cls)
-        cls.head_type = name
-        return cls
-
-    return decorator
-
-
-def head_from_config(config: dict) -> nn.Module:
-    """Rebuild a head from ``head.config``."""
-    config = dict(config)
-    return HEADS.get(config.pop("type"))(**config)
-
 
 @register_head("classification")
 class Classification(nn.Module):
@@ -118,10 +95,28 @@ class Classification(nn.Module):
         else:
             self.layers = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(in_features, self.num_classes))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    needs = frozenset({"pooled"})
+
+    def forward(self, features: Any) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` from ``features.pooled`` (or a ``[B, in_features]`` tensor)."""
         if self.layers is None:
             raise RuntimeError("head is not built: compose it with a backbone in TransferModel first")
-        return self.layers(features)
+        return self.layers(features_part(features, "pooled"))
+
+    def task(self, model: nn.Module, **options: Any) -> nn.Module:
+        """The task that trains it: cross-entropy, accuracy and macro-F1 (:class:`ClassificationTask`)."""
+        from transferkit.tasks.classification import ClassificationTask
+
+        return ClassificationTask(model, **options)
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (softmax of the logits)."""
+        return outputs.float().softmax(-1)
+
+    def predict(self, outputs: torch.Tensor) -> list:
+        """The predicted class of each row: its name (in the labels' type) when the head has names, else its id."""
+        ids = outputs.argmax(-1).tolist()
+        return [self.labels[i] for i in ids] if self.labels else ids
 
     @property
     def config(self) -> dict:
