@@ -111,3 +111,15 @@ def test_import_is_light():
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_evaluate_classification(assets, tmp_path, capsys):
+    topic = ["animals"] * 3 + ["markets"] * 3 + ["sport"] * 3
+    _write_csv(tmp_path / "train.csv", [(s, topic[i % 9]) for i, s in enumerate(SENTENCES)])
+    out = tmp_path / "model"
+    assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
+                 "--output", str(out), "--epochs", "6", "--lr", "0.05", "--head-lr", "0.05", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(tmp_path / "train.csv")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("loss=") and "accuracy=1.0000" in line and "macro_f1=" in line

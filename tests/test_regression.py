@@ -123,3 +123,22 @@ def test_cli_finetune_and_predict_numbers(assets, tmp_path, capsys):
     assert main(["predict", "--model", str(out), "the car pricey"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert isinstance(record["prediction"], float) and 500 < record["prediction"] < 1500
+
+
+def test_cli_evaluate_prints_the_tasks_metrics(assets, tmp_path, capsys):
+    import csv
+    import json
+
+    from transferkit.cli import main
+
+    with open(tmp_path / "prices.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label")] + priced(40))
+    model = tk.TransferModel(tk.load_backbone(f"glove:{assets['glove']}"), tk.heads.Regression())
+    tk.Trainer(epochs=1, progress=False).fit(model, tmp_path / "prices.csv")
+    model.save_pretrained(tmp_path / "m")
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "prices.csv"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"loss", "mae", "rmse", "r2", "spearman"}
+    expected = tk.Trainer(progress=False).evaluate(model, tmp_path / "prices.csv")
+    assert metrics == pytest.approx(expected)

@@ -137,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_predict)
 
+    p = sub.add_parser("evaluate", help="print a saved model's metrics on labelled data",
+                       description="Evaluate a directory written by finetune/save_pretrained on labelled data "
+                                   "(the same forms as finetune --data) and print its task's metrics.")
+    p.add_argument("--model", required=True, help="directory written by `transferkit finetune`")
+    p.add_argument("--data", required=True, help="labelled data: CSV/TSV/JSONL, or an image folder")
+    p.add_argument("--text-column", default="text", help="column of the inputs")
+    p.add_argument("--label-column", default="label", help="column of the class labels (classification)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu, cuda... (default: cuda when available)")
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("backbones", help="list backbones and sources",
                        description="List what load_backbone can build. Without a pattern: the sources and "
                                    "built-in names; with one (fnmatch), every matching name.")
@@ -312,6 +324,22 @@ def _predict(args: argparse.Namespace) -> int:
         if scores is not None:
             record["proba"] = {str(name): round(float(q), 6) for name, q in zip(labels, scores[i])}
         print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import transferkit as tk
+
+    model = tk.TransferModel.from_pretrained(args.model)
+    options = {"input_column": args.text_column}
+    if model.head.head_type == "classification":
+        options["label_column"] = args.label_column
+    task = model.task(**options)
+    metrics = tk.Trainer(eval_batch_size=args.batch_size, device=args.device, progress=False).evaluate(task, args.data)
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        print("  ".join(f"{k}={format_number(v)}" for k, v in metrics.items()))
     return 0
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from transferkit.errors import ConfigError
 
@@ -89,3 +90,24 @@ def features_part(features: Any, part: str = "pooled") -> torch.Tensor:
     if value is None:
         raise ConfigError(f"the backbone's features have no {part!r} part, which this head needs.")
     return value
+
+
+def mlp(head: Any, in_features: int, out_features: int) -> nn.Module | None:
+    """The layers of a pooled-vector head: dropout + linear, or with ``head.hidden`` a GELU hidden layer.
+
+    Returns ``None`` when ``head`` is already built for ``in_features`` (building is idempotent); records
+    ``head.in_features``.
+
+    Raises:
+        ConfigError: ``head`` was built for another feature size.
+    """
+    if getattr(head, "layers", None) is not None:
+        if in_features != head.in_features:
+            raise ConfigError(f"head was built for {head.in_features} features, backbone gives {in_features}")
+        return None
+    head.in_features = int(in_features)
+    hidden, dropout = getattr(head, "hidden", None), getattr(head, "dropout", 0.0)
+    if hidden:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.GELU(),
+                             nn.Dropout(dropout), nn.Linear(hidden, out_features))
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, out_features))

@@ -10,7 +10,7 @@ from torch import nn
 from transferkit.data import clean_label, label_type
 from transferkit.errors import ConfigError
 from transferkit.heads import register_head
-from transferkit.heads.base import features_part
+from transferkit.heads.base import features_part, mlp
 
 _LABEL_TYPES = {"str": str, "int": int, "bool": bool}
 
@@ -84,16 +84,7 @@ class Classification(nn.Module):
 
     def build(self, in_features: int) -> None:
         """Create the layers for ``in_features``-sized features (no-op if already built for that size)."""
-        if self.layers is not None:
-            if in_features != self.in_features:
-                raise ConfigError(f"head was built for {self.in_features} features, backbone gives {in_features}")
-            return
-        self.in_features = int(in_features)
-        if self.hidden:
-            self.layers = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(in_features, self.hidden), nn.GELU(),
-                                        nn.Dropout(self.dropout), nn.Linear(self.hidden, self.num_classes))
-        else:
-            self.layers = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(in_features, self.num_classes))
+        self.layers = mlp(self, in_features, self.num_classes) or self.layers
 
     needs = frozenset({"pooled"})
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from transferkit.errors import ConfigError
 from transferkit.heads import register_head
-from transferkit.heads.base import features_part
+from transferkit.heads.base import features_part, mlp
 
 
 @register_head("regression")
@@ -67,14 +67,7 @@ class Regression(nn.Module):
 
     def build(self, in_features: int) -> None:
         """Create the layers for ``in_features``-sized features (no-op if already built for that size)."""
-        if self.layers is not None:
-            if in_features != self.in_features:
-                raise ConfigError(f"head was built for {self.in_features} features, backbone gives {in_features}")
-            return
-        self.in_features = int(in_features)
-        width = self.hidden or in_features
-        body = [nn.Dropout(self.dropout), nn.Linear(in_features, self.hidden), nn.GELU()] if self.hidden else []
-        self.layers = nn.Sequential(*body, nn.Dropout(self.dropout), nn.Linear(width, self.num_targets))
+        self.layers = mlp(self, in_features, self.num_targets) or self.layers
 
     def forward(self, features: Any) -> torch.Tensor:
         """Standardised predictions ``[B, num_targets]``."""
