@@ -87,8 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="also replace a directory at --output that is not a transferkit model (everything in it "
                         "is removed once the new model is in place); files and '.' are always refused")
-    p.add_argument("--task", default="classification", choices=["classification", "regression"],
-                   help="what to predict: a class per input (default) or numbers (--target-column)")
+    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression"],
+                   help="what to predict: a class per input (default), a set of classes per input (multilabel), "
+                        "or numbers (regression, --target-column)")
+    p.add_argument("--label-separator", default="|",
+                   help="multilabel: what joins the labels in a cell (a JSON list also works; default '|')")
     p.add_argument("--text-column", default="text", help="column of the inputs (texts or image paths)")
     p.add_argument("--label-column", default="label", help="column of the class labels")
     p.add_argument("--target-column", action="append", default=[], metavar="COLUMN",
@@ -118,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="random search: this many points of the --search grid (default all)")
     p.add_argument("--hidden", type=int, help="hidden layer width of the head (default: linear head)")
     p.add_argument("--metric", help="validation metric that selects the best epoch (default: the task's; "
-                                    "classification: accuracy, macro_f1, loss; regression: rmse, mae, r2, "
-                                    "spearman, loss)")
+                                    "classification: accuracy, macro_f1, loss; multilabel: micro_f1, macro_f1, "
+                                    "map, loss; regression: rmse, mae, r2, spearman, loss)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
@@ -234,6 +237,11 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     if getattr(trainer, "best", None) and history:
         print(f"restored epoch {trainer.best['epoch']}: {trainer.best['reason']}")
     best = {}
+    if args.task == "multilabel" and val is not None:
+        from transferkit.tasks.multilabel import tune_thresholds
+
+        tune_thresholds(model, val)
+        print("thresholds tuned on the validation data (the validation figures below use them)")
     if val is not None:
         best = trainer.evaluate(model, val)
         print("best validation: " + "  ".join(f"{k}={v:.4f}" for k, v in best.items()))
@@ -249,6 +257,19 @@ def _task_parts(args: argparse.Namespace):
     from transferkit.data import (LabelledData, class_names, load_labelled, load_targets, random_split,
                                   stratified_split)
 
+    if args.task == "multilabel":
+        from transferkit.data.multilabel import label_set_classes, load_label_sets
+
+        def read_sets(path):
+            return load_label_sets(path, input_column=args.text_column, label_column=args.label_column,
+                                   separator=args.label_separator)
+
+        def multi_head(data):
+            names, _ = label_set_classes(data.labels)
+            return lambda: tk.heads.MultiLabel(labels=names, hidden=args.hidden)
+
+        return (read_sets, random_split, multi_head,
+                lambda data: f"{len(label_set_classes(data.labels)[0])} classes, multi-label")
     if args.task == "regression":
         columns = args.target_column or [args.label_column]
 
@@ -318,7 +339,8 @@ def _predict(args: argparse.Namespace) -> int:
     predictions = model.head.predict(outputs)
     key = "label" if model.head.head_type == "classification" else "prediction"
     labels = getattr(model.head, "labels", None) or list(range(getattr(model.head, "num_classes", 0)))
-    scores = model.head.scores(outputs) if args.proba and key == "label" else None
+    scores = model.head.scores(outputs) if args.proba and model.head.head_type in ("classification", "multilabel") \
+        else None
     for i, (raw, prediction) in enumerate(zip(inputs, predictions)):
         record = {"input": raw if isinstance(raw, str) else repr(raw), key: prediction}
         if scores is not None:

@@ -40,7 +40,8 @@ def list_heads(pattern: str = "*") -> list[str]:
 
 from transferkit.heads.base import Head, check_needs  # noqa: E402  (after the registry they use)
 from transferkit.heads.classification import Classification  # noqa: E402
+from transferkit.heads.multilabel import MultiLabel  # noqa: E402
 from transferkit.heads.regression import Regression  # noqa: E402
 
-__all__ = ["Classification", "HEADS", "Head", "Regression", "check_needs", "head_from_config", "list_heads",
+__all__ = ["Classification", "HEADS", "Head", "MultiLabel", "Regression", "check_needs", "head_from_config", "list_heads",
            "register_head"]

@@ -19,6 +19,8 @@ The old paths ``tasks.corpus``, ``tasks.text_corpus``, ``tasks.vision_data``, ``
 """
 
 from .classification import ClassificationMetrics, ClassificationTask
+from .multilabel import MultiLabelTask, tune_thresholds
 from .protocol import ClassWeighted, Metrics, Task
 
-__all__ = ["ClassificationTask", "ClassificationMetrics", "Task", "Metrics", "ClassWeighted"]
+__all__ = ["ClassificationTask", "ClassificationMetrics", "ClassWeighted", "Metrics", "MultiLabelTask", "Task",
+           "tune_thresholds"]
