@@ -37,7 +37,9 @@ class TransferModel(nn.Module):
     def __init__(self, backbone: Backbone, head: nn.Module):
         super().__init__()
         check_needs(head, backbone)
-        head.build(backbone.feature_dim)
+        info = getattr(backbone, "feature_info", None)
+        tokens = "tokens" in getattr(head, "needs", ()) and info is not None and info.tokens is not None
+        head.build(info.tokens if tokens else backbone.feature_dim)  # token heads read per-token features
         self.backbone = backbone
         self.head = head
 
@@ -90,6 +92,9 @@ class TransferModel(nn.Module):
             ModalityError: texts for an image model, images or image paths for a text model.
             InputError: an input is empty or unusable; the message names it (``item i``).
         """
+        if hasattr(self.head, "predict_raw"):  # heads whose outputs have one row per token, not per input
+            raise InputError(f"predict_proba has no single score per input for a {self.head.head_type} head: use "
+                             "predict, whose results carry their scores.")
         outputs, single = self.outputs(raw_inputs, batch_size)
         scores = self.head.scores(outputs)
         return scores[0] if single else scores
@@ -100,6 +105,8 @@ class TransferModel(nn.Module):
         Like a transformers pipeline, one single input gives one prediction and a collection gives a list
         of the same length (see :meth:`predict_proba` for what counts as which).
         """
+        if hasattr(self.head, "predict_raw"):  # token heads: spans with character offsets, tags per word
+            return self.head.predict_raw(self, raw_inputs, batch_size)
         outputs, single = self.outputs(raw_inputs, batch_size)
         predictions = self.head.predict(outputs)
         return predictions[0] if single else predictions

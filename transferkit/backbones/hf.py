@@ -50,6 +50,46 @@ class HFTokenizer:
                              max_length=self.max_length, return_tensors="pt")
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
+    def encode_tokens(self, batch: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, torch.Tensor]:
+        """What token tasks (NER, QA) need: the usual tensors plus which word each token belongs to.
+
+        Args:
+            batch: raw texts (strings) or pre-split sentences (lists of words), not mixed.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` (and ``token_type_ids``) as :meth:`__call__` gives them, plus
+            ``word_ids`` ``[B, T]`` long: the index of the word each token is a piece of, ``-1`` for special
+            and padding tokens (the fast tokenizer's ``word_ids()``; pre-split input is tokenized with
+            ``is_split_into_words=True``, raw text is split into words by the tokenizer's own pre-tokenizer).
+            For raw texts also ``offsets`` ``[B, T, 2]``: each token's character ``(start, end)`` in its text,
+            ``(0, 0)`` for special and padding tokens (``return_offsets_mapping``). Words past ``max_length``
+            tokens are cut: they have no token.
+
+        Raises:
+            InputError: an empty batch, text or sentence, or a mix of texts and word lists.
+            ConfigError: the tokenizer is a slow (Python) one, which cannot tell words apart.
+        """
+        from transferkit.data.conll import check_token_batch
+
+        kind, items = check_token_batch(batch)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ConfigError(f"token tasks need a fast (Rust) tokenizer to map tokens to words; "
+                              f"{type(self.tokenizer).__name__} is not one: save the checkpoint with a "
+                              "tokenizer.json (AutoTokenizer.from_pretrained(..., use_fast=True)).")
+        options = {"padding": True, "truncation": True, "max_length": self.max_length, "return_tensors": "pt"}
+        if kind == "words":
+            enc = self.tokenizer(items, is_split_into_words=True, **options)
+        else:
+            enc = self.tokenizer(items, return_offsets_mapping=True, **options)
+        out = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        width = out["input_ids"].shape[1]
+        out["word_ids"] = torch.tensor([[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(items))],
+                                       dtype=torch.long).reshape(len(items), width)
+        if kind == "text":
+            offsets = enc["offset_mapping"].long()
+            out["offsets"] = offsets.masked_fill((out["word_ids"] < 0).unsqueeze(-1), 0)
+        return out
+
     def to_config(self) -> dict:
         return {"tokenizer": type(self.tokenizer).__name__, "max_length": self.max_length,
                 "tokenizer_dir": "backbone"}

@@ -87,9 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="also replace a directory at --output that is not a transferkit model (everything in it "
                         "is removed once the new model is in place); files and '.' are always refused")
-    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression"],
+    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression", "ner"],
                    help="what to predict: a class per input (default), a set of classes per input (multilabel), "
-                        "or numbers (regression, --target-column)")
+                        "numbers (regression, --target-column), or entity tags per word (ner: --data is a "
+                        "CoNLL file or JSONL with spans)")
+    p.add_argument("--scheme", default="BIO", choices=["BIO", "BIOES"], help="ner: the tagging scheme")
     p.add_argument("--label-separator", default="|",
                    help="multilabel: what joins the labels in a cell (a JSON list also works; default '|')")
     p.add_argument("--text-column", default="text", help="column of the inputs (texts or image paths)")
@@ -253,6 +255,8 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
 
 def _task_parts(args: argparse.Namespace):
     """For ``--task``: how to read a data file, split off validation data, build the head, describe the data."""
+    import random
+
     import transferkit as tk
     from transferkit.data import (LabelledData, class_names, load_labelled, load_targets, random_split,
                                   stratified_split)
@@ -270,6 +274,16 @@ def _task_parts(args: argparse.Namespace):
 
         return (read_sets, random_split, multi_head,
                 lambda data: f"{len(label_set_classes(data.labels)[0])} classes, multi-label")
+    if args.task == "ner":
+        from transferkit.data.conll import load_tagged
+
+        def split_sentences(sentences, fraction, seed):
+            held = set(random.Random(seed).sample(range(len(sentences)), max(1, round(len(sentences) * fraction))))
+            return ([s for i, s in enumerate(sentences) if i not in held],
+                    [s for i, s in enumerate(sentences) if i in held])
+
+        return (load_tagged, split_sentences, lambda data: lambda: tk.heads.TokenClassification(scheme=args.scheme),
+                lambda data: f"{len(data)} tagged sentences, {args.scheme}")
     if args.task == "regression":
         columns = args.target_column or [args.label_column]
 
@@ -335,6 +349,10 @@ def _predict(args: argparse.Namespace) -> int:
             inputs += load_inputs(path, input_column=args.text_column)[0]
     if not inputs:
         raise InputError("nothing to predict: give inputs on the command line or a file with --data.")
+    if hasattr(model.head, "predict_raw"):  # token heads: entities with character offsets per input
+        for raw, entities in zip(inputs, model.predict(inputs, batch_size=args.batch_size)):
+            print(json.dumps({"input": raw, "entities": entities}, ensure_ascii=False))
+        return 0
     outputs, _ = model.outputs(inputs, batch_size=args.batch_size)
     predictions = model.head.predict(outputs)
     key = "label" if model.head.head_type == "classification" else "prediction"

@@ -61,7 +61,45 @@ class WordTokenizer:
         return self._regex.findall(text)[: self.max_tokens]
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        docs = [self.tokenize(t) for t in _check_texts(texts)]
+        return self._encode([self.tokenize(t) for t in _check_texts(texts)])
+
+    def encode_tokens(self, batch: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, torch.Tensor]:
+        """What token tasks (NER, QA) need: the usual tensors plus which word each token is.
+
+        Args:
+            batch: raw texts (strings) or pre-split sentences (lists of words), not mixed.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` (and fastText's ``ngram_ids``) as :meth:`__call__` gives them,
+            plus ``word_ids`` ``[B, T]`` long, ``-1`` for padding. Each word is one token: a pre-split word is
+            looked up whole (lower-cased if the vocabulary is), a raw text is split by the regular expression
+            and each match is a word; for raw texts also ``offsets`` ``[B, T, 2]``, each token's character
+            ``(start, end)`` in its text (``(0, 0)`` for padding). Words past ``max_tokens`` are cut: they
+            have no token. An unknown word keeps its position (``word_ids``) but has ``attention_mask`` 0 and
+            the zero vector, unless fastText n-grams give it one.
+
+        Raises:
+            InputError: an empty batch, text or sentence, or a mix of texts and word lists.
+        """
+        from transferkit.data.conll import check_token_batch
+
+        kind, items = check_token_batch(batch)
+        spans = None
+        if kind == "text":
+            matches = [list(self._regex.finditer(t))[: self.max_tokens] for t in items]
+            docs = [[m.group().lower() if self.lowercase else m.group() for m in doc] for doc in matches]
+            spans = [[m.span() for m in doc] for doc in matches]
+        else:
+            docs = [[w.lower() if self.lowercase else w for w in words][: self.max_tokens] for words in items]
+        out = self._encode(docs)
+        width = out["input_ids"].shape[1]
+        out["word_ids"] = torch.tensor([list(range(len(d))) + [-1] * (width - len(d)) for d in docs],
+                                       dtype=torch.long)
+        if spans is not None:
+            out["offsets"] = torch.tensor([s + [(0, 0)] * (width - len(s)) for s in spans], dtype=torch.long)
+        return out
+
+    def _encode(self, docs: list[list[str]]) -> dict[str, torch.Tensor]:
         width = max(1, max(len(d) for d in docs))
         ids = [[self._index.get(tok, PAD) for tok in doc] + [PAD] * (width - len(doc)) for doc in docs]
         out = {"input_ids": torch.tensor(ids, dtype=torch.long)}

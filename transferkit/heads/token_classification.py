@@ -1,0 +1,265 @@
+"""Token classification (named-entity recognition): a tag per word from the backbone's per-token features.
+
+A linear layer over ``Features.tokens`` scores every tag of a BIO or BIOES scheme at every token; each word
+is labelled and predicted on its first sub-token (the recipe of BERT's CoNLL-2003 experiments, Devlin et al.
+2019, arXiv:1810.04805, section 5.3). Decoding never emits an invalid tag sequence: the most probable *valid*
+sequence of the words' tags is found with the Viterbi algorithm (Viterbi 1967) restricted to the allowed
+transitions (``I-X`` only after ``B-X``/``I-X``; in BIOES, ``E-X`` closes and ``S-X`` is a one-word entity) —
+the constrained decoding of AllenNLP's ``allowed_transitions`` + ``viterbi_decode`` (Gardner et al. 2018,
+arXiv:1803.07640) applied to per-word log-probabilities, with no learned transition scores.
+
+``TransferModel.predict`` on raw text returns entity spans with character offsets::
+
+    [{"entity": "PER", "start": 0, "end": 5, "text": "Alice", "score": 0.93}, ...]
+
+and on pre-split sentences (lists of words) the tag of each word (see :meth:`TokenClassification.predict_raw`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from transferkit.data.conll import (SCHEMES, WORD_PATTERN, check_scheme, convert_tags, entities_from_tags, scheme_tags,
+                                    split_tag, split_words)
+from transferkit.errors import ConfigError, InputError
+from transferkit.heads import HEADS, register_head
+from transferkit.heads.base import features_part
+
+
+@register_head("token_classification")
+class TokenClassification(nn.Module):
+    """A tag per word (BIO or BIOES) from per-token features, decoded into valid tag sequences.
+
+    Args:
+        labels: the tags (``["O", "B-PER", "I-PER", ...]``) or the entity types (``["LOC", "PER"]``); either
+            way the head holds every tag of ``scheme`` for those types, ``O`` first. ``None``: taken from the
+            first training data.
+        scheme: ``"BIO"`` (IOB2) or ``"BIOES"``; training tags in the other scheme (or IOB1) are converted.
+        dropout: dropout on the token features before the linear layer.
+        word_pattern: the regular expression that splits raw text into words (JSONL spans and ``predict``
+            on raw text use it).
+        in_features: feature size; normally left out and taken from the backbone.
+        input_column: recorded by training, like the other heads.
+    """
+
+    needs = frozenset({"tokens", "mask"})
+
+    def __init__(self, labels: Sequence[str] | None = None, *, scheme: str = "BIO", dropout: float = 0.0,
+                 word_pattern: str = WORD_PATTERN, in_features: int | None = None, input_column: str | None = None):
+        super().__init__()
+        self.scheme = check_scheme(scheme)
+        self.dropout = float(dropout)
+        self.word_pattern = word_pattern
+        self.input_column = input_column
+        self.in_features = in_features
+        self.labels: list[str] | None = None
+        self.layers: nn.Module | None = None
+        if labels is not None:
+            self.set_labels(labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels or ())
+
+    @property
+    def types(self) -> list[str]:
+        """The entity types, sorted."""
+        return sorted({split_tag(t)[1] for t in self.labels or ()} - {""})
+
+    def set_labels(self, labels: Sequence[str]) -> None:
+        """Hold every tag of the scheme for the types among ``labels`` (tags or entity types).
+
+        Raises:
+            ConfigError: no labels, a tag with a prefix outside the scheme, or the head already has others.
+        """
+        labels = [str(x).strip() for x in labels]
+        types, bad = set(), []
+        for label in labels:
+            try:
+                prefix, kind = split_tag(label)
+            except ValueError:
+                prefix, kind = "type", label
+            if prefix not in ("O", "type") + SCHEMES[self.scheme] or not kind and prefix != "O" or " " in kind:
+                bad.append(label)
+            if kind:
+                types.add(kind)
+        if bad or not types:
+            raise ConfigError(f"labels must be {self.scheme} tags (O, {', '.join(p + '-TYPE' for p in SCHEMES[self.scheme])}) "
+                              f"or entity types (PER, LOC), at least one type; got {labels[:12]} "
+                              f"{'(bad: ' + str(bad[:5]) + ')' if bad else ''}.")
+        tags = scheme_tags(types, self.scheme)
+        if self.labels is not None and tags != self.labels:
+            raise ConfigError(f"the head already has the tags {self.labels}; build a new head for {tags}.")
+        self.labels = tags
+        self.index = {t: i for i, t in enumerate(tags)}
+        if self.in_features is not None:
+            self.build(self.in_features)
+
+    def build(self, in_features: int) -> None:
+        """Create the linear layer once the token feature size and the tags are known (idempotent).
+
+        ``in_features`` is the size of ``Features.tokens`` (``backbone.feature_info.tokens``).
+        """
+        if self.layers is not None:
+            if in_features != self.in_features:
+                raise ConfigError(f"head was built for {self.in_features} features, backbone gives {in_features}")
+            return
+        self.in_features = int(in_features)
+        if self.labels is not None:
+            self.layers = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(self.in_features, self.num_classes))
+
+    def forward(self, features: Any) -> torch.Tensor:
+        """Tag logits of every token ``[B, T, num_tags]``."""
+        if self.layers is None:
+            raise RuntimeError("head is not built: it learns its tags from the training data (or give labels=) "
+                               "and is composed with a backbone in TransferModel")
+        tokens = features_part(features, "tokens")
+        if tokens.shape[-1] != self.in_features:
+            raise ConfigError(f"the head was built for {self.in_features} features but the backbone's tokens have "
+                              f"{tokens.shape[-1]}: token heads are built from backbone.feature_info.tokens, "
+                              "which differs from the pooled size here (e.g. word vectors with pooling='mean+max').")
+        return self.layers(tokens)
+
+    def task(self, model: nn.Module, **options: Any) -> nn.Module:
+        """The task that trains it: cross-entropy on first sub-tokens; entity precision/recall/F1 (seqeval)."""
+        from transferkit.tasks.token_classification import TokenClassificationTask
+
+        return TokenClassificationTask(model, **options)
+
+    # --- decoding ------------------------------------------------------------------------------------------
+
+    def transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(allowed [L, L], may_start [L], may_end [L])``: which tag may follow which, begin and end a sentence."""
+        opens = [split_tag(t) for t in self.labels]  # (prefix, type)
+        inside = {"BIO": ("I",), "BIOES": ("I", "E")}[self.scheme]
+
+        def closed(p: str) -> bool:  # after it a new entity may start
+            return p in ("O", "E", "S") or self.scheme == "BIO"
+
+        def follows(a: tuple[str, str] | None, b: tuple[str, str]) -> bool:
+            if b[0] in inside:  # continues an entity: only after its B-/I-
+                return a is not None and a[0] in ("B", "I") and a[1] == b[1]
+            return a is None or closed(a[0]) or self.scheme == "BIO"
+
+        allowed = torch.tensor([[follows(a, b) for b in opens] for a in opens])
+        start = torch.tensor([follows(None, b) for b in opens])
+        end = torch.tensor([closed(p) for p, _ in opens])
+        return allowed, start, end
+
+    def decode(self, log_probs: torch.Tensor) -> list[int]:
+        """The most probable valid tag sequence (ids) of one sentence's ``[W, L]`` log-probabilities.
+
+        Viterbi over the allowed transitions: ``score_t(j) = max_i score_{t-1}(i) + log p_t(j)`` over allowed
+        ``i → j``, started from allowed first tags and ended on allowed last tags.
+        """
+        if len(log_probs) == 0:
+            return []
+        allowed, start, end = (m.to(log_probs.device) for m in self.transitions())
+        blocked = torch.tensor(float("-inf"), device=log_probs.device)
+        score = torch.where(start, log_probs[0], blocked)
+        back = []
+        for t in range(1, len(log_probs)):
+            candidates = torch.where(allowed, score[:, None], blocked)  # [prev, next]
+            best, arg = candidates.max(0)
+            back.append(arg)
+            score = best + log_probs[t]
+        path = [int(torch.where(end, score, blocked).argmax())]
+        for arg in reversed(back):
+            path.append(int(arg[path[-1]]))
+        return path[::-1]
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Tag probabilities of word-level logits ``[..., W, L]`` (softmax over tags)."""
+        return outputs.float().softmax(-1)
+
+    def predict(self, outputs: torch.Tensor) -> list:
+        """Valid tag sequences for word-level logits ``[B, W, L]`` (one list of tag names per sentence)."""
+        return [[self.labels[i] for i in self.decode(row.float().log_softmax(-1))] for row in outputs]
+
+    @torch.no_grad()
+    def predict_raw(self, model: nn.Module, raw_inputs: Any, batch_size: int = 32) -> Any:
+        """Entities of raw texts, or tags of pre-split sentences (what ``TransferModel.predict`` returns).
+
+        Args:
+            model: the :class:`~transferkit.TransferModel` holding this head.
+            raw_inputs: one text; a list of texts; or a list of pre-split sentences (lists of words). One
+                pre-split sentence alone is ``[words]``.
+            batch_size: sentences per forward pass.
+
+        Returns:
+            For texts, a list of entities per text (one list for one text): ``{"entity", "start", "end",
+            "text", "score"}`` with character offsets (``end`` exclusive) and the mean probability of the
+            entity's word tags. For word lists, a list of tags per sentence. Words cut by the backbone's
+            length limit are tagged ``O``.
+
+        Raises:
+            InputError: an empty text or sentence, a mix of texts and word lists (naming the item).
+        """
+        from transferkit.tasks.token_classification import first_subtokens, preprocess_tokens
+
+        from transferkit.data import as_table, find_column
+
+        single = isinstance(raw_inputs, str)
+        table = None if single else as_table(raw_inputs)
+        if table is not None:  # a DataFrame, dict of columns or datasets.Dataset: the trained-on column
+            what, columns, get, _ = table
+            raw_inputs = get(find_column(columns, self.input_column or "text", what))
+        items = [raw_inputs] if single else list(raw_inputs)
+        texts = bool(items) and all(isinstance(x, str) for x in items)
+        if texts:
+            split = [split_words(t, self.word_pattern) for t in items]
+            empty = [f"item {i}" for i, (words, _) in enumerate(split) if not words]
+            if empty:
+                raise InputError(f"{', '.join(empty[:10])}: no words to tag (empty or only whitespace).")
+            sentences = [words for words, _ in split]
+        else:
+            sentences = items
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        results = []
+        try:
+            for at in range(0, len(sentences), batch_size):
+                chunk = sentences[at: at + batch_size]
+                inputs, word_ids = preprocess_tokens(model, chunk, [f"item {at + i}" for i in range(len(chunk))])
+                logits = model(**{k: v.to(device) for k, v in inputs.items()})["logits"].float()
+                for b, (rows, words) in enumerate(first_subtokens(logits, word_ids.to(device))):
+                    results.append(self._tag_words(rows, words, len(chunk[b])))
+        finally:
+            model.train(was_training)
+        if texts:
+            results = [self._spans(tags, probs, text, offsets)
+                       for (tags, probs), text, (_, offsets) in zip(results, items, split)]
+            return results[0] if single else results
+        return [tags for tags, _ in results]
+
+    def _tag_words(self, logits: torch.Tensor, words: torch.Tensor, length: int) -> tuple[list[str], list[float]]:
+        """Tags and tag probabilities of a sentence's ``length`` words; words without a token are ``O``."""
+        log_probs = logits.log_softmax(-1)
+        path = self.decode(log_probs)
+        tags, probs = ["O"] * length, [0.0] * length
+        for w, tag_id, row in zip(words.tolist(), path, log_probs):
+            tags[w], probs[w] = self.labels[tag_id], float(row[tag_id].exp())
+        if len(path) < length:  # words cut or without a token: keep the sequence valid
+            tags = convert_tags(tags, self.scheme)
+        return tags, probs
+
+    @staticmethod
+    def _spans(tags: list[str], probs: list[float], text: str, offsets: list[tuple[int, int]]) -> list[dict]:
+        out = []
+        for kind, first, last in entities_from_tags(tags):
+            start, end = offsets[first][0], offsets[last][1]
+            score = sum(probs[first: last + 1]) / (last - first + 1)
+            out.append({"entity": kind, "start": start, "end": end, "text": text[start:end], "score": score})
+        return out
+
+    @property
+    def config(self) -> dict:
+        return {"type": self.head_type, "labels": self.labels, "scheme": self.scheme, "dropout": self.dropout,
+                "word_pattern": self.word_pattern, "in_features": self.in_features, "input_column": self.input_column}
+
+
+HEADS.register("ner", TokenClassification)  # an alias: the head's type stays "token_classification"
