@@ -24,7 +24,6 @@ an ``I-`` without a ``B-`` (IOB1 data such as the original CoNLL-2003) starts an
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any, Iterable, Sequence
 from transferkit.errors import DataError, LabelError
 
 from .common import first, short
+from .readers import as_table, find_column, json_lines
 
 WORD_PATTERN = r"\w+(?:'\w+)?|[^\w\s]"
 SCHEMES = {"BIO": ("B", "I"), "BIOES": ("B", "I", "E", "S")}
@@ -262,13 +262,7 @@ def read_jsonl(path: str | os.PathLike, pattern: str = WORD_PATTERN) -> list[Tag
     out = []
     try:
         with open(path, encoding="utf-8-sig") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path} line {n} is not valid JSON: {e.msg}.") from e
+            for n, row in json_lines(f, path):
                 out.append(_row(row, f"{path} line {n}", pattern))
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e}); re-encode it as UTF-8.") from e
@@ -310,12 +304,8 @@ def load_tagged(source: Any, *, words_column: str = "tokens", tags_column: str =
         return sentences
     if isinstance(source, TaggedSentence):
         source = [source]
-    from .readers import as_table
-
     table = as_table(source)
     if table is not None:
-        from .readers import find_column
-
         what, columns, get, origins = table
         words = get(find_column(columns, words_column, what))
         tags = get(find_column(columns, tags_column, what))

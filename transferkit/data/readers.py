@@ -236,15 +236,21 @@ def _csv(f, path: Path, delimiter: str) -> tuple[list[dict], list[int], list]:
     return rows, lines, list(reader.fieldnames or [])
 
 
-def _jsonl(f, path: Path) -> tuple[list[dict], list[int], list]:
-    rows, lines, columns = [], [], {}
+def json_lines(f, path: Path):
+    """``(line number, value)`` of each non-blank line of an open JSONL file; bad JSON is a DataError
+    naming the line."""
     for n, line in enumerate(f, 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield n, json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {n} is not valid JSON: {e.msg}") from e
+
+
+def _jsonl(f, path: Path) -> tuple[list[dict], list[int], list]:
+    rows, lines, columns = [], [], {}
+    for n, row in json_lines(f, path):
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {n} is a JSON {type(row).__name__}; each line must be an object "
                             '{"text": ..., "label": ...}.')

@@ -23,7 +23,7 @@ read the features dict they need; lightly keeps a head, its loss and its transfo
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -111,3 +111,32 @@ def mlp(head: Any, in_features: int, out_features: int) -> nn.Module | None:
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.GELU(),
                              nn.Dropout(dropout), nn.Linear(hidden, out_features))
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, out_features))
+
+
+LABEL_TYPES = {"str": str, "int": int, "bool": bool}
+
+
+def class_list(labels: Sequence, kind: str | None = None) -> tuple[list, str]:
+    """Class names as Python values of one type (numpy scalars become ints/bools), and that type.
+
+    Args:
+        labels: the names, index ``i`` naming class ``i``.
+        kind: ``"str"``, ``"int"`` or ``"bool"``; ``None`` takes it from the names (all ints give ints, all
+            bools bools, anything else strings), as :func:`transferkit.data.label_type` does.
+
+    Raises:
+        ConfigError: an unknown ``kind``, names that are not class names of that type, or repeated names.
+    """
+    from transferkit.data import clean_label, label_type
+
+    if kind is not None and kind not in LABEL_TYPES:
+        raise ConfigError(f"label_type must be one of {sorted(LABEL_TYPES)}, got {kind!r}")
+    try:
+        names = [n if isinstance(n, str) else clean_label(n) for n in labels]
+        kind = kind or label_type(names)
+        names = [LABEL_TYPES[kind](n) for n in names]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"labels {list(labels)} are not all class names of type {kind or 'str, int or bool'}") from e
+    if len(set(map(str, names))) != len(names):
+        raise ConfigError(f"labels must be distinct, got {names}")
+    return names, kind

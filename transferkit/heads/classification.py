@@ -7,12 +7,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from transferkit.data import clean_label, label_type
 from transferkit.errors import ConfigError
 from transferkit.heads import register_head
-from transferkit.heads.base import features_part, mlp
-
-_LABEL_TYPES = {"str": str, "int": int, "bool": bool}
+from transferkit.heads.base import class_list, features_part, mlp
 
 @register_head("classification")
 class Classification(nn.Module):
@@ -67,17 +64,7 @@ class Classification(nn.Module):
         if labels is None:
             self._labels = None
             return
-        if self.label_type is not None and self.label_type not in _LABEL_TYPES:
-            raise ConfigError(f"label_type must be one of {sorted(_LABEL_TYPES)}, got {self.label_type!r}")
-        try:
-            names = [n if isinstance(n, str) else clean_label(n) for n in labels]  # numpy scalars -> Python
-            kind = self.label_type or label_type(names)
-            names = [_LABEL_TYPES[kind](n) for n in names]
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"labels {list(labels)} are not all class names of type "
-                             f"{self.label_type or 'str, int or bool'}") from e
-        if len(set(names)) != len(names):
-            raise ConfigError(f"labels must be distinct, got {names}")
+        names, kind = class_list(labels, self.label_type)
         if len(names) != self.num_classes:
             raise ConfigError(f"num_classes={self.num_classes} but {len(names)} labels given")
         self.label_type, self._labels = kind, names

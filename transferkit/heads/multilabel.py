@@ -17,12 +17,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from transferkit.data import clean_label, label_type
 from transferkit.errors import ConfigError
 from transferkit.heads import register_head
-from transferkit.heads.base import features_part
+from transferkit.heads.base import LABEL_TYPES, class_list, features_part
 
-_LABEL_TYPES = {"str": str, "int": int, "bool": bool}
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -51,8 +49,8 @@ class MultiLabel(nn.Module):
                  dropout: float = 0.0, thresholds: float | Sequence[float] | None = None,
                  in_features: int | None = None, input_column: str | None = None):
         super().__init__()
-        if label_type is not None and label_type not in _LABEL_TYPES:
-            raise ConfigError(f"label_type must be one of {sorted(_LABEL_TYPES)}, got {label_type!r}")
+        if label_type is not None and label_type not in LABEL_TYPES:
+            raise ConfigError(f"label_type must be one of {sorted(LABEL_TYPES)}, got {label_type!r}")
         self.label_type = label_type
         self.hidden = hidden
         self.dropout = dropout
@@ -84,15 +82,9 @@ class MultiLabel(nn.Module):
         Raises:
             ConfigError: the names are not distinct class names, or the head already has other classes.
         """
-        try:
-            names = [n if isinstance(n, str) else clean_label(n) for n in labels]  # numpy scalars -> Python
-            kind = self.label_type or label_type(names)
-            names = [_LABEL_TYPES[kind](n) for n in names]
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"labels {list(labels)} are not all class names of type "
-                              f"{self.label_type or 'str, int or bool'}") from e
-        if not names or len(set(map(str, names))) != len(names):
-            raise ConfigError(f"labels must be distinct class names, at least one; got {names}")
+        names, kind = class_list(labels, self.label_type)
+        if not names:
+            raise ConfigError("labels must name at least one class.")
         if self._labels is not None and names != self._labels:
             raise ConfigError(f"the head's classes are {self._labels}; it cannot take {names}: build a new head.")
         self.label_type, self._labels = kind, names
