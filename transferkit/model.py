@@ -40,6 +40,8 @@ class TransferModel(nn.Module):
         info = getattr(backbone, "feature_info", None)
         tokens = "tokens" in getattr(head, "needs", ()) and info is not None and info.tokens is not None
         head.build(info.tokens if tokens else backbone.feature_dim)  # token heads read per-token features
+        if hasattr(head, "attach"):  # heads whose layers depend on the backbone's kind (pair: cross or bi)
+            head.attach(backbone)
         self.backbone = backbone
         self.head = head
 
@@ -92,6 +94,8 @@ class TransferModel(nn.Module):
             ModalityError: texts for an image model, images or image paths for a text model.
             InputError: an input is empty or unusable; the message names it (``item i``).
         """
+        if hasattr(self.head, "scores_raw"):  # heads that read their own raw inputs (text pairs)
+            return self.head.scores_raw(self, raw_inputs, batch_size)
         if hasattr(self.head, "predict_raw"):  # heads whose outputs have one row per token, not per input
             raise InputError(f"predict_proba has no single score per input for a {self.head.head_type} head: use "
                              "predict, whose results carry their scores.")

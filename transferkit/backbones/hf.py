@@ -39,15 +39,46 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json + merges.txt", "a 
 
 
 class HFTokenizer:
-    """A transformers tokenizer with the padding/truncation settings recorded in the config."""
+    """A transformers tokenizer with the padding/truncation settings recorded in the config.
+
+    A batch of texts is encoded one text per row; a batch of ``(text_a, text_b)`` pairs one *pair* per row,
+    ``[CLS] a [SEP] b [SEP]`` for BERT-like tokenizers with ``token_type_ids`` 0 for ``a`` and 1 for ``b``
+    where the model has them (the cross-encoder input of Devlin et al. 2019, arXiv:1810.04805), cut to
+    ``max_length`` by removing tokens from the longer text first (``truncation="longest_first"``).
+    """
+
+    accepts_pairs = True  # the pair head cross-encodes through this preprocessor (transferkit.heads.pair)
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
         self.max_length = max_length
 
-    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def __call__(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        if len(texts) and not isinstance(texts, str) and all(isinstance(t, tuple) for t in texts):
+            return self.encode_pairs(texts)
         enc = self.tokenizer(list(_check_texts(texts)), padding=True, truncation=True,
                              max_length=self.max_length, return_tensors="pt")
+        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        """Encode ``(text_a, text_b)`` pairs, both texts of a pair in one row.
+
+        Raises:
+            InputError: an item is not a pair of two non-empty strings (naming it as ``text #i``).
+        """
+        from transferkit.errors import InputError
+
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise InputError(f"text #{i} is a {type(pair).__name__} of {len(pair)} items, not a pair "
+                                 "(text_a, text_b): pass 2-tuples of strings.")
+            for side, text in zip(("text_a", "text_b"), pair):
+                if not isinstance(text, str):
+                    raise InputError(f"text #{i} has a {type(text).__name__} as its {side}, not a str.")
+                if not text.strip():
+                    raise InputError(f"text #{i} has an empty {side}: remove the pair or fill it in.")
+        enc = self.tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True,
+                             truncation="longest_first", max_length=self.max_length, return_tensors="pt")
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     def encode_tokens(self, batch: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, torch.Tensor]:

@@ -87,10 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="also replace a directory at --output that is not a transferkit model (everything in it "
                         "is removed once the new model is in place); files and '.' are always refused")
-    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression", "ner"],
+    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression", "ner", "pair"],
                    help="what to predict: a class per input (default), a set of classes per input (multilabel), "
                         "numbers (regression, --target-column), or entity tags per word (ner: --data is a "
-                        "CoNLL file or JSONL with spans)")
+                        "CoNLL file or JSONL with spans), or a class (or with --target-column a score) per pair "
+                        "of texts (pair: --text-a-column, --text-b-column)")
+    p.add_argument("--text-a-column", default="text_a", help="pair: column of the first texts")
+    p.add_argument("--text-b-column", default="text_b", help="pair: column of the second texts")
     p.add_argument("--scheme", default="BIO", choices=["BIO", "BIOES"], help="ner: the tagging scheme")
     p.add_argument("--label-separator", default="|",
                    help="multilabel: what joins the labels in a cell (a JSON list also works; default '|')")
@@ -138,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="file of inputs: .txt (one text per line), CSV/TSV/JSONL (--text-column), "
                                   "or a folder of images")
     p.add_argument("--text-column", default="text")
+    p.add_argument("--text-a-column", default="text_a", help="pair models: column of the first texts")
+    p.add_argument("--text-b-column", default="text_b", help="pair models: column of the second texts")
     p.add_argument("--proba", action="store_true", help="also print class probabilities")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_predict)
@@ -274,16 +279,27 @@ def _task_parts(args: argparse.Namespace):
 
         return (read_sets, random_split, multi_head,
                 lambda data: f"{len(label_set_classes(data.labels)[0])} classes, multi-label")
+    def split_list(items, fraction, seed):
+        held = set(random.Random(seed).sample(range(len(items)), max(1, round(len(items) * fraction))))
+        return [s for i, s in enumerate(items) if i not in held], [s for i, s in enumerate(items) if i in held]
+
     if args.task == "ner":
         from transferkit.data.conll import load_tagged
 
-        def split_sentences(sentences, fraction, seed):
-            held = set(random.Random(seed).sample(range(len(sentences)), max(1, round(len(sentences) * fraction))))
-            return ([s for i, s in enumerate(sentences) if i not in held],
-                    [s for i, s in enumerate(sentences) if i in held])
-
-        return (load_tagged, split_sentences, lambda data: lambda: tk.heads.TokenClassification(scheme=args.scheme),
+        return (load_tagged, split_list, lambda data: lambda: tk.heads.TokenClassification(scheme=args.scheme),
                 lambda data: f"{len(data)} tagged sentences, {args.scheme}")
+    if args.task == "pair":
+        from transferkit.tasks.pair import load_pairs
+
+        target = args.target_column[0] if args.target_column else None
+
+        def read_pairs(path):
+            texts, labels, _ = load_pairs(path, text_a_column=args.text_a_column, text_b_column=args.text_b_column,
+                                          label_column=target or args.label_column)
+            return [(a, b, y) for (a, b), y in zip(texts, labels)]
+
+        return (read_pairs, split_list, lambda data: lambda: tk.heads.Pair(target=target, hidden=args.hidden),
+                lambda data: f"{len(data)} text pairs" + (f", score {target!r}" if target else ""))
     if args.task == "regression":
         columns = args.target_column or [args.label_column]
 
@@ -339,6 +355,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     model = TransferModel.from_pretrained(args.model)
     inputs = list(args.inputs)
+    if model.head.head_type == "pair":
+        return _predict_pairs(model, args)
     if args.data:
         path = Path(args.data)
         if path.is_dir():
@@ -364,6 +382,20 @@ def _predict(args: argparse.Namespace) -> int:
         if scores is not None:
             record["proba"] = {str(name): round(float(q), 6) for name, q in zip(labels, scores[i])}
         print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def _predict_pairs(model, args: argparse.Namespace) -> int:
+    from transferkit.data import load_raw
+    from transferkit.errors import InputError
+
+    if not args.data or args.inputs:
+        raise InputError("a pair model predicts on a file of text pairs: pass --data FILE with text_a and text_b "
+                         "columns (--text-a-column/--text-b-column), not texts on the command line.")
+    table = load_raw(args.data, input_column=args.text_a_column, label_column=args.text_b_column)
+    pairs = list(zip(table.inputs, table.labels))
+    for (a, b), prediction in zip(pairs, model.predict(pairs, batch_size=args.batch_size)):
+        print(json.dumps({"text_a": a, "text_b": b, "prediction": prediction}, ensure_ascii=False))
     return 0
 
 
