@@ -87,11 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="also replace a directory at --output that is not a transferkit model (everything in it "
                         "is removed once the new model is in place); files and '.' are always refused")
-    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression", "ner", "pair"],
+    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression", "ner", "pair", "qa"],
                    help="what to predict: a class per input (default), a set of classes per input (multilabel), "
                         "numbers (regression, --target-column), or entity tags per word (ner: --data is a "
                         "CoNLL file or JSONL with spans), or a class (or with --target-column a score) per pair "
-                        "of texts (pair: --text-a-column, --text-b-column)")
+                        "of texts (pair: --text-a-column, --text-b-column), or extractive answers (qa: --data is SQuAD "
+                        "JSON or JSONL)")
+    p.add_argument("--stride", type=int, default=128, help="qa: tokens shared by consecutive windows of a long "
+                                                          "context (default 128)")
     p.add_argument("--text-a-column", default="text_a", help="pair: column of the first texts")
     p.add_argument("--text-b-column", default="text_b", help="pair: column of the second texts")
     p.add_argument("--scheme", default="BIO", choices=["BIO", "BIOES"], help="ner: the tagging scheme")
@@ -288,6 +291,18 @@ def _task_parts(args: argparse.Namespace):
 
         return (load_tagged, split_list, lambda data: lambda: tk.heads.TokenClassification(scheme=args.scheme),
                 lambda data: f"{len(data)} tagged sentences, {args.scheme}")
+    if args.task == "qa":
+        from transferkit.data.squad import load_squad
+
+        def split_questions(examples, fraction, seed):  # by context: no paragraph in both parts
+            contexts = sorted({e.context for e in examples})
+            held = set(random.Random(seed).sample(contexts, max(1, round(len(contexts) * fraction))))
+            return [e for e in examples if e.context not in held], [e for e in examples if e.context in held]
+
+        return (load_squad, split_questions,
+                lambda data: lambda: tk.heads.QuestionAnswering(
+                    stride=args.stride, allow_unanswerable=any(not e.answerable for e in data)),
+                lambda data: f"{len(data)} questions, {sum(not e.answerable for e in data)} unanswerable")
     if args.task == "pair":
         from transferkit.tasks.pair import load_pairs
 
@@ -357,6 +372,8 @@ def _predict(args: argparse.Namespace) -> int:
     inputs = list(args.inputs)
     if model.head.head_type == "pair":
         return _predict_pairs(model, args)
+    if model.head.head_type == "qa":
+        return _predict_answers(model, args)
     if args.data:
         path = Path(args.data)
         if path.is_dir():
@@ -396,6 +413,21 @@ def _predict_pairs(model, args: argparse.Namespace) -> int:
     pairs = list(zip(table.inputs, table.labels))
     for (a, b), prediction in zip(pairs, model.predict(pairs, batch_size=args.batch_size)):
         print(json.dumps({"text_a": a, "text_b": b, "prediction": prediction}, ensure_ascii=False))
+    return 0
+
+
+def _predict_answers(model, args: argparse.Namespace) -> int:
+    from transferkit.data.squad import load_squad
+    from transferkit.errors import InputError
+
+    if not args.data or args.inputs:
+        raise InputError("a question-answering model predicts on a file of questions: pass --data FILE (SQuAD JSON "
+                         "or JSONL with question and context), not texts on the command line.")
+    examples = load_squad(args.data)
+    answers = model.predict([{"question": e.question, "context": e.context} for e in examples],
+                            batch_size=args.batch_size)
+    for example, answer in zip(examples, answers):
+        print(json.dumps({"id": example.id, "question": example.question, **answer}, ensure_ascii=False))
     return 0
 
 

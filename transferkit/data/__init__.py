@@ -41,11 +41,12 @@ from .inputs import check_inputs, looks_like_image_path, preprocess_named
 from .labelled import LabelledData, random_split, stratified_split
 from .labels import class_names, clean_label, infer_label_names, label_ids, label_type
 from .readers import COLUMN_HINT, as_table, find_column, load_inputs, load_labelled, load_raw
+from .squad import QAExample, load_squad
 from .targets import load_targets
 from .text_corpus import CorpusError, SentencePairs, TextCorpus
 
 __all__ = [
-    "COLUMN_HINT", "IMAGE_SUFFIXES", "CorpusError", "ImageFolderCorpus", "LabelledData", "LineCorpus",
+    "COLUMN_HINT", "IMAGE_SUFFIXES", "QAExample", "load_squad", "CorpusError", "ImageFolderCorpus", "LabelledData", "LineCorpus",
     "SentencePairs", "TextCorpus", "as_table", "check_inputs", "class_names", "clean_label", "find_column",
     "first", "infer_label_names", "is_array", "label_ids", "label_type", "load_inputs", "load_labelled", "load_raw", "load_targets",
     "looks_like_image_path", "preprocess_named", "random_split", "stratified_split", "unlabelled_images",
