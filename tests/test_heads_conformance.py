@@ -1,0 +1,116 @@
+"""Every registered head × each backbone family it supports: the same contract, checked the same way.
+
+A loss that falls on a tiny learnable set, predictions whose count matches the inputs, and save → load giving
+identical predictions. A head registered without a case here fails the guard test (as every backbone source
+must have a tiny instance in test_backbones.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+import transferkit as tk
+from transferkit.heads import HEADS
+
+from conftest import SENTENCES
+
+TOPIC = ["animals", "markets", "sport"]
+
+
+def topic(i: int) -> str:
+    return TOPIC[(i % 9) // 3]
+
+
+def classes():
+    return [(s, topic(i)) for i, s in enumerate(SENTENCES)]
+
+
+def label_sets():
+    return [(s, [topic(i)] + (["news"] if topic(i) != "animals" else [])) for i, s in enumerate(SENTENCES)]
+
+
+def numbers():
+    return [(s, float(TOPIC.index(topic(i))) * 10.0 + 5.0) for i, s in enumerate(SENTENCES)]
+
+
+def tagged():
+    kinds = {"cat": "ANI", "dog": "ANI", "stocks": "FIN", "market": "FIN", "goal": "SPO", "team": "SPO"}
+    return [(s.split(), [f"B-{kinds[w]}" if w in kinds else "O" for w in s.split()]) for s in SENTENCES]
+
+
+def pairs():
+    return [(SENTENCES[i], SENTENCES[j], "same" if topic(i) == topic(j) else "different")
+            for i in range(0, 27, 3) for j in range(1, 27, 4)]
+
+
+def questions():
+    rows = []
+    for i, s in enumerate(SENTENCES[:45]):
+        word = s.split()[1]
+        rows.append({"question": word, "context": s, "answers": [{"text": word, "answer_start": s.index(" " + word) + 1}]})
+    return rows
+
+
+def images():
+    rng = np.random.default_rng(0)
+    return [(torch.full((3, 24, 24), 0.2 if i % 2 else 0.8) + torch.tensor(rng.normal(0, 0.05, (3, 24, 24))).float()
+             .clamp(-0.2, 0.2), "dark" if i % 2 else "light") for i in range(40)]
+
+
+# head type -> (head factory, {backbone family: data}), and how to pick inputs for predict from the data
+CASES: dict[str, tuple[Callable, dict[str, Callable], Callable]] = {
+    "classification": (lambda: tk.heads.Classification(labels=TOPIC), {"word_vectors": classes, "hf": classes},
+                       lambda data: [x for x, _ in data[:6]]),
+    "multilabel": (lambda: tk.heads.MultiLabel(), {"word_vectors": label_sets, "hf": label_sets},
+                   lambda data: [x for x, _ in data[:6]]),
+    "regression": (lambda: tk.heads.Regression(), {"word_vectors": numbers, "hf": numbers},
+                   lambda data: [x for x, _ in data[:6]]),
+    "token_classification": (lambda: tk.heads.TokenClassification(), {"word_vectors": tagged, "hf": tagged},
+                             lambda data: [w for w, _ in data[:6]]),
+    "pair": (lambda: tk.heads.Pair(), {"word_vectors": pairs, "hf": pairs},
+             lambda data: [(a, b) for a, b, _ in data[:6]]),
+    "qa": (lambda: tk.heads.QuestionAnswering(stride=8, max_length=32), {"hf": questions},
+           lambda data: [{"question": q["question"], "context": q["context"]} for q in data[:6]]),
+}
+ALIASES = {"ner"}
+
+
+def backbone(family: str, assets):
+    if family == "word_vectors":
+        return tk.load_backbone(f"glove:{assets['glove']}")
+    if family == "hf":
+        return tk.load_backbone(f"hf:{assets['bert']}")
+    return tk.load_backbone("timm:test_resnet", weights=None, image_size=24)
+
+
+PARAMS = [(head, family) for head, (_, families, _) in CASES.items() for family in families] + [
+    ("classification", "vision")]
+
+
+def test_every_registered_head_has_a_case():
+    assert set(HEADS.names()) - ALIASES == set(CASES)
+
+
+@pytest.mark.parametrize("head_type, family", PARAMS, ids=[f"{h}-{f}" for h, f in PARAMS])
+def test_head_contract(head_type, family, assets, tmp_path):
+    make_head, families, inputs_of = CASES[head_type]
+    data = images() if family == "vision" else families[family]()
+    if family == "vision":
+        make_head = lambda: tk.heads.Classification(labels=["dark", "light"])  # noqa: E731
+    torch.manual_seed(0)
+    model = tk.TransferModel(backbone(family, assets), make_head())
+    assert model.head.head_type == head_type
+    lr = 0.05 if family == "word_vectors" else 3e-3
+    history = tk.Trainer(epochs=4, lr=lr, head_lr=0.05, batch_size=8, progress=False).fit(model, data, data)
+    assert history[-1]["train_loss"] < history[0]["train_loss"], history
+    inputs = inputs_of(data)
+    predictions = model.predict(inputs)
+    assert len(predictions) == len(inputs)
+    model.save_pretrained(tmp_path / "m")
+    again = tk.TransferModel.from_pretrained(tmp_path / "m")
+    assert again.head.config == model.head.config
+    assert again.predict(inputs) == predictions
