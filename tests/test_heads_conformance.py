@@ -55,6 +55,10 @@ def questions():
     return rows
 
 
+def continuations():
+    return [(" ".join(s.split()[:2]), " ".join(s.split()[2:])) for s in SENTENCES[:27]]
+
+
 def images():
     rng = np.random.default_rng(0)
     return [(torch.full((3, 24, 24), 0.2 if i % 2 else 0.8) + torch.tensor(rng.normal(0, 0.05, (3, 24, 24))).float()
@@ -73,6 +77,8 @@ CASES: dict[str, tuple[Callable, dict[str, Callable], Callable]] = {
                              lambda data: [w for w, _ in data[:6]]),
     "pair": (lambda: tk.heads.Pair(), {"word_vectors": pairs, "hf": pairs},
              lambda data: [(a, b) for a, b, _ in data[:6]]),
+    "generation": (lambda: tk.heads.Generation(max_new_tokens=6), {"gpt2": continuations},
+                   lambda data: [x for x, _ in data[:6]]),
     "qa": (lambda: tk.heads.QuestionAnswering(stride=8, max_length=32), {"hf": questions},
            lambda data: [{"question": q["question"], "context": q["context"]} for q in data[:6]]),
 }
@@ -84,6 +90,9 @@ def backbone(family: str, assets):
         return tk.load_backbone(f"glove:{assets['glove']}")
     if family == "hf":
         return tk.load_backbone(f"hf:{assets['bert']}")
+    if family == "gpt2":  # a causal decoder, for generation
+        return tk.load_backbone("scratch:gpt2", corpus=assets["corpus"], vocab_size=200, hidden=32, layers=1,
+                                heads=2, max_length=64)
     return tk.load_backbone("timm:test_resnet", weights=None, image_size=24)
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from transferkit.backbones.base import Backbone
-from transferkit.data import as_table, check_inputs, find_column, is_array, preprocess_named
+from transferkit.data import check_inputs, prediction_inputs, preprocess_named
 from transferkit.errors import CheckpointError, InputError
 from transferkit.heads import check_needs, head_from_config
 from transferkit.saving import _load_weights, _rebuild_backbone, read_config, save_pretrained
@@ -61,7 +61,7 @@ class TransferModel(nn.Module):
     @torch.no_grad()
     def outputs(self, raw_inputs: Any, batch_size: int = 32) -> tuple[torch.Tensor, bool]:
         """The head's raw outputs for raw inputs, batch by batch, and whether the input was a single one."""
-        inputs, single = _prediction_inputs(raw_inputs, getattr(self.head, "input_column", None))
+        inputs, single = prediction_inputs(raw_inputs, getattr(self.head, "input_column", None))
         origins = [f"item {i}" for i in range(len(inputs))]
         check_inputs(inputs, getattr(self.backbone, "modality", None), origins)
         was_training = self.training
@@ -136,35 +136,3 @@ class TransferModel(nn.Module):
         model = cls(_rebuild_backbone(config, directory), head_from_config(config["head"]))
         _load_weights(model, directory, allow_unexpected=())
         return model.to(device)
-
-
-def _prediction_inputs(raw: Any, column: str | None = None) -> tuple[list, bool]:
-    """The inputs of a ``predict`` call as a list, and whether ``raw`` was one single input.
-
-    A string, a path, a PIL image, an array of at most 3 dimensions (``H×W``, ``H×W×C``) or a tensor of at
-    most 3 (``C×H×W``) is one input; a 4-D array or tensor is a batch of images. A DataFrame, dict or
-    datasets.Dataset gives its ``column`` (the one the model was trained on), else its ``"text"`` column.
-    Anything else iterable (list, tuple, Series, array of strings, generator) is a collection.
-    """
-    if isinstance(raw, (str, os.PathLike)) or type(raw).__module__.startswith("PIL."):
-        return [raw], True
-    if is_array(raw) or isinstance(raw, torch.Tensor):
-        if is_array(raw) and raw.dtype.kind in "OUS":
-            if raw.ndim > 1:
-                raise InputError(f"predict got a {raw.ndim}-D array of strings; pass a 1-D array or a list.")
-            return ([raw.item()], True) if raw.ndim == 0 else (raw.tolist(), False)
-        if raw.ndim == 4 or raw.ndim == 1:
-            return list(raw), False
-        return [raw], True
-    table = as_table(raw)
-    if table is not None:
-        what, columns, get, _ = table
-        for name in (column, "text"):
-            if name is not None and any(str(c).lstrip("\ufeff").strip() == str(name) for c in columns):
-                return get(find_column(columns, name, what)), False
-        raise InputError(f"{what} has no column {column or 'text'!r} to predict on; its columns are "
-                         f"{[str(c) for c in columns]}: pass the column itself, e.g. model.predict(df['review']).")
-    if isinstance(raw, bytes) or not isinstance(raw, Iterable):
-        raise InputError(f"predict takes one input (a string, an image) or a collection of them (a list, a "
-                         f"Series, an array, a generator); got a {type(raw).__name__}.")
-    return list(raw), False

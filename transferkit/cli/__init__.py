@@ -87,12 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="also replace a directory at --output that is not a transferkit model (everything in it "
                         "is removed once the new model is in place); files and '.' are always refused")
-    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression", "ner", "pair", "qa"],
+    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression", "ner", "pair", "qa", "generation"],
                    help="what to predict: a class per input (default), a set of classes per input (multilabel), "
                         "numbers (regression, --target-column), or entity tags per word (ner: --data is a "
                         "CoNLL file or JSONL with spans), or a class (or with --target-column a score) per pair "
                         "of texts (pair: --text-a-column, --text-b-column), or extractive answers (qa: --data is SQuAD "
-                        "JSON or JSONL)")
+                        "JSON or JSONL), or generated text (generation: input and target columns, a causal LM)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="generation: longest output in tokens")
     p.add_argument("--stride", type=int, default=128, help="qa: tokens shared by consecutive windows of a long "
                                                           "context (default 128)")
     p.add_argument("--text-a-column", default="text_a", help="pair: column of the first texts")
@@ -291,6 +292,18 @@ def _task_parts(args: argparse.Namespace):
 
         return (load_tagged, split_list, lambda data: lambda: tk.heads.TokenClassification(scheme=args.scheme),
                 lambda data: f"{len(data)} tagged sentences, {args.scheme}")
+    if args.task == "generation":
+        from transferkit.data import load_raw
+
+        target = args.target_column[0] if args.target_column else "target"
+
+        def read_pairs(path):
+            table = load_raw(path, input_column=args.text_column if args.text_column != "text" else "input",
+                             label_column=target)
+            return list(zip(table.inputs, table.labels))
+
+        return (read_pairs, split_list, lambda data: lambda: tk.heads.Generation(max_new_tokens=args.max_new_tokens),
+                lambda data: f"{len(data)} (input, target) pairs")
     if args.task == "qa":
         from transferkit.data.squad import load_squad
 
@@ -384,9 +397,10 @@ def _predict(args: argparse.Namespace) -> int:
             inputs += load_inputs(path, input_column=args.text_column)[0]
     if not inputs:
         raise InputError("nothing to predict: give inputs on the command line or a file with --data.")
-    if hasattr(model.head, "predict_raw"):  # token heads: entities with character offsets per input
-        for raw, entities in zip(inputs, model.predict(inputs, batch_size=args.batch_size)):
-            print(json.dumps({"input": raw, "entities": entities}, ensure_ascii=False))
+    if hasattr(model.head, "predict_raw"):  # NER: entities with character offsets; generation: the text
+        key = "entities" if model.head.head_type == "token_classification" else "prediction"
+        for raw, result in zip(inputs, model.predict(inputs, batch_size=args.batch_size)):
+            print(json.dumps({"input": raw, key: result}, ensure_ascii=False))
         return 0
     outputs, _ = model.outputs(inputs, batch_size=args.batch_size)
     predictions = model.head.predict(outputs)

@@ -37,7 +37,7 @@ The label rule (the same for CSV, JSONL, lists, numpy, pandas and every other co
 from .common import IMAGE_SUFFIXES, first, is_array
 from .corpus import LineCorpus
 from .images import ImageFolderCorpus, unlabelled_images
-from .inputs import check_inputs, looks_like_image_path, preprocess_named
+from .inputs import check_inputs, looks_like_image_path, prediction_inputs, preprocess_named
 from .labelled import LabelledData, random_split, stratified_split
 from .labels import class_names, clean_label, infer_label_names, label_ids, label_type
 from .readers import COLUMN_HINT, as_table, find_column, load_inputs, load_labelled, load_raw
@@ -49,5 +49,5 @@ __all__ = [
     "COLUMN_HINT", "IMAGE_SUFFIXES", "QAExample", "load_squad", "CorpusError", "ImageFolderCorpus", "LabelledData", "LineCorpus",
     "SentencePairs", "TextCorpus", "as_table", "check_inputs", "class_names", "clean_label", "find_column",
     "first", "infer_label_names", "is_array", "label_ids", "label_type", "load_inputs", "load_labelled", "load_raw", "load_targets",
-    "looks_like_image_path", "preprocess_named", "random_split", "stratified_split", "unlabelled_images",
+    "looks_like_image_path", "prediction_inputs", "preprocess_named", "random_split", "stratified_split", "unlabelled_images",
 ]

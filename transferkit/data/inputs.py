@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from transferkit.errors import InputError, ModalityError
 
@@ -83,3 +83,39 @@ def preprocess_named(preprocess: Callable[[list], Any], inputs: list, origins: S
                 message = re.sub(r"\b(image|text) #\d+", r"this \1", str(item_error), count=1)
                 raise type(item_error)(f"{origin}: {message}") from item_error
         raise error
+
+
+def prediction_inputs(raw: Any, column: str | None = None) -> tuple[list, bool]:
+    """The inputs of a ``predict`` call as a list, and whether ``raw`` was one single input.
+
+    A string, a path, a PIL image, an array of at most 3 dimensions (``H×W``, ``H×W×C``) or a tensor of at
+    most 3 (``C×H×W``) is one input; a 4-D array or tensor is a batch of images. A DataFrame, dict or
+    datasets.Dataset gives its ``column`` (the one the model was trained on), else its ``"text"`` column.
+    Anything else iterable (list, tuple, Series, array of strings, generator) is a collection.
+    """
+    import torch
+
+    from .readers import as_table, find_column
+
+    if isinstance(raw, (str, os.PathLike)) or type(raw).__module__.startswith("PIL."):
+        return [raw], True
+    if is_array(raw) or isinstance(raw, torch.Tensor):
+        if is_array(raw) and raw.dtype.kind in "OUS":
+            if raw.ndim > 1:
+                raise InputError(f"predict got a {raw.ndim}-D array of strings; pass a 1-D array or a list.")
+            return ([raw.item()], True) if raw.ndim == 0 else (raw.tolist(), False)
+        if raw.ndim == 4 or raw.ndim == 1:
+            return list(raw), False
+        return [raw], True
+    table = as_table(raw)
+    if table is not None:
+        what, columns, get, _ = table
+        for name in (column, "text"):
+            if name is not None and any(str(c).lstrip("\ufeff").strip() == str(name) for c in columns):
+                return get(find_column(columns, name, what)), False
+        raise InputError(f"{what} has no column {column or 'text'!r} to predict on; its columns are "
+                         f"{[str(c) for c in columns]}: pass the column itself, e.g. model.predict(df['review']).")
+    if isinstance(raw, bytes) or not isinstance(raw, Iterable):
+        raise InputError(f"predict takes one input (a string, an image) or a collection of them (a list, a "
+                         f"Series, an array, a generator); got a {type(raw).__name__}.")
+    return list(raw), False
