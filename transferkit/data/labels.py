@@ -111,3 +111,30 @@ def label_ids(labels: Sequence, names: Sequence | None, num_classes: int,
                          f"{first(rows)}). Integer labels are class ids 0..num_classes-1 for a head without "
                          "labels; to use them as class names, build it with Classification(labels=[...]).")
     return ids
+
+
+def clean_labels(labels: Sequence, origins: Sequence[str], what: str = "example",
+                 hint: str = "for a regression target, use another head") -> list:
+    """Every label cleaned by :func:`clean_label`, or one :class:`LabelError` naming all the bad rows.
+
+    Args:
+        what: what a row is, for the message (``"example"``, ``"pair"``).
+        hint: what to do when labels are not class names.
+    """
+    cleaned, missing, bad = [], [], []
+    for y, origin in zip(labels, origins):
+        try:
+            label = clean_label(y)
+        except TypeError:
+            bad.append(f"{origin} ({y!r})")
+            continue
+        if label is None:
+            missing.append(origin)
+        cleaned.append(label)
+    if missing:
+        raise LabelError(f"{len(missing)} {what}(s) have a missing or empty label: {first(missing)}. Every "
+                         f"{what} needs a label: fill them in or remove those rows.")
+    if bad:
+        raise LabelError(f"{len(bad)} label(s) are not class names: {first(bad)}. Labels are strings, integers "
+                         f"or bools ({hint}).")
+    return cleaned

@@ -24,7 +24,7 @@ from transferkit.errors import DataError, LabelError
 
 from .common import IMAGE_SUFFIXES, first, is_array, short
 from .labelled import LabelledData
-from .labels import clean_label
+from .labels import clean_labels
 
 COLUMN_HINT = "Pass text_column=/label_column= (CLI: --text-column/--label-column)."
 
@@ -47,22 +47,7 @@ def load_labelled(source: Any, *, text_column: str = "text", label_column: str =
     data = _read(source, input_column or text_column, label_column)
     if len(data) == 0:
         raise DataError(f"the dataset {_describe(source)} is empty: give at least one labelled example.")
-    labels, missing, bad = [], [], []
-    for y, origin in zip(data.labels, data.origins):
-        try:
-            label = clean_label(y)
-        except TypeError:
-            bad.append(f"{origin} ({y!r})")
-            continue
-        if label is None:
-            missing.append(origin)
-        labels.append(label)
-    if missing:
-        raise LabelError(f"{len(missing)} example(s) have a missing or empty label: {first(missing)}. Every "
-                         "example needs a label: fill them in or remove those rows.")
-    if bad:
-        raise LabelError(f"{len(bad)} label(s) are not class names: {first(bad)}. Classification labels are "
-                         "strings, integers or bools (for a regression target, use another head).")
+    labels = clean_labels(data.labels, data.origins)
     return LabelledData(data.inputs, labels, data.origins, data.input_column)
 
 

@@ -44,7 +44,7 @@ def load_targets(source: Any, *, input_column: str = "text",
         raw = [list(row) for row in zip(first_read.labels, *others)]
     targets, bad = [], []
     for origin, row in zip(first_read.origins, raw):
-        values = [_number(v) for v in row]
+        values = [number(v) for v in row]
         if len(values) != len(columns) or any(v is None for v in values):
             bad.append(f"{origin} ({row if len(row) > 1 else row[0]!r})")
         targets.append(values)
@@ -59,7 +59,8 @@ def _rows_hold_all(labels: list, n: int) -> bool:
     return all(isinstance(y, (list, tuple)) and len(y) == n for y in labels)
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """A finite float from an int, a float, a numeric string or a numpy/torch scalar; ``None`` otherwise."""
     if hasattr(value, "item") and not isinstance(value, (list, tuple)):
         value = value.item()  # numpy / torch scalars
     if isinstance(value, bool) or value is None:

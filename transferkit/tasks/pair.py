@@ -24,13 +24,13 @@ from transferkit.data import (
     as_table,
     check_inputs,
     class_names,
-    clean_label,
     find_column,
     load_raw,
     preprocess_named,
 )
 from transferkit.data.common import first, short
-from transferkit.data.targets import _number
+from transferkit.data.labels import clean_labels
+from transferkit.data.targets import number
 from transferkit.errors import DataError, InputError, LabelError
 
 from .classification import ClassificationMetrics
@@ -163,29 +163,14 @@ class PairTask(nn.Module):
         from transferkit.data import label_ids
 
         head = self.model.head
-        labels, missing, bad = [], [], []
-        for y, origin in zip(raw, origins):
-            try:
-                label = clean_label(y)
-            except TypeError:
-                bad.append(f"{origin} ({y!r})")
-                continue
-            if label is None:
-                missing.append(origin)
-            labels.append(label)
-        if missing:
-            raise LabelError(f"{len(missing)} pair(s) have a missing or empty label: {first(missing)}. Every pair "
-                             "needs a label: fill them in or remove those rows.")
-        if bad:
-            raise LabelError(f"{len(bad)} label(s) are not class names: {first(bad)}. Pair labels are strings, "
-                             "integers or bools (for a similarity score, use Pair(target='score')).")
+        labels = clean_labels(raw, origins, "pair", "for a similarity score, use Pair(target='score')")
         if head.labels is None and head.num_classes is None:
             head.labels, _ = class_names(labels)
         return label_ids(labels, head.labels, head.num_classes, origins)
 
     def _scores(self, raw: list, origins: list[str]) -> list[float]:
         head = self.model.head
-        values = [_number(y) for y in raw]
+        values = [number(y) for y in raw]
         bad = [f"{o} ({y!r})" for y, v, o in zip(raw, values, origins) if v is None]
         if bad:
             raise LabelError(f"{len(bad)} score(s) are missing or not finite numbers: {first(bad)}. Every pair needs "
