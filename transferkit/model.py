@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from transferkit.backbones.base import Backbone
+from transferkit.backbones.base import Backbone, inference
 from transferkit.data import check_inputs, prediction_inputs, preprocess_named
 from transferkit.errors import CheckpointError, InputError
 from transferkit.heads import check_needs, head_from_config
@@ -64,17 +64,12 @@ class TransferModel(nn.Module):
         inputs, single = prediction_inputs(raw_inputs, getattr(self.head, "input_column", None))
         origins = [f"item {i}" for i in range(len(inputs))]
         check_inputs(inputs, getattr(self.backbone, "modality", None), origins)
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
         out = []
-        try:
+        with inference(self) as device:
             for start in range(0, len(inputs), batch_size):
                 batch = preprocess_named(self.preprocess, inputs[start: start + batch_size],
                                          origins[start: start + batch_size])
                 out.append(self(**{k: v.to(device) for k, v in batch.items()})["logits"].float().cpu())
-        finally:
-            self.train(was_training)
         if not out:  # an empty collection: no rows, the head's width
             return torch.empty(0, getattr(self.head, "num_classes", 0)), single
         return torch.cat(out), single

@@ -24,9 +24,10 @@ gradual unfreezing and LP-FT are made of (see :mod:`transferkit.trainer.strategi
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -111,6 +112,19 @@ class FeatureInfo:
     spatial: int | None = None
     stages: tuple[Stage, ...] = ()
     pooling: str | None = None
+
+
+@contextlib.contextmanager
+def inference(module: nn.Module) -> Iterator[torch.device]:
+    """Eval mode and no gradients inside the block (prediction); yields the module's device and gives the
+    module back the training mode it had, whatever happens in the block."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield next(module.parameters()).device
+    finally:
+        module.train(was_training)
 
 
 class Backbone(nn.Module):
@@ -205,13 +219,8 @@ class Backbone(nn.Module):
 
     def encode(self, raw_batch: Sequence[Any]) -> torch.Tensor:
         """Pooled features for raw inputs, without gradients: ``[B, feature_dim]``."""
-        inputs = {k: v.to(self.device) for k, v in self.preprocess(raw_batch).items()}
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            pooled = self(**inputs).pooled
-        self.train(was_training)
-        return pooled
+        with inference(self) as device:
+            return self(**{k: v.to(device) for k, v in self.preprocess(raw_batch).items()}).pooled
 
     @property
     def frozen(self) -> bool:

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from transferkit.errors import DataError, LabelError
+from transferkit.errors import DataError
 
 from .common import IMAGE_SUFFIXES, first, is_array, short
 from .labelled import LabelledData

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError, InputError
+from transferkit.backbones.base import inference
 from transferkit.heads import register_head
 
 # Decoder-only model types whose base model (AutoModel) attends causally; others must say config.is_decoder.
@@ -226,15 +227,11 @@ class Generation(nn.Module):
     @torch.no_grad()
     def generate(self, model: nn.Module, inputs: Sequence[str], batch_size: int = 32) -> list[str]:
         """The generated text of each input (greedy, at most ``max_new_tokens``, without the prompt)."""
-        was_training = model.training
-        model.eval()
         texts: list[str] = []
-        try:
+        with inference(model):
             for at in range(0, len(inputs), batch_size):
                 ids = self.generate_ids(model, self.prompt_ids(inputs[at: at + batch_size]))
                 texts += [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
-        finally:
-            model.train(was_training)
         return texts
 
     def predict_raw(self, model: nn.Module, raw_inputs: Any, batch_size: int = 32) -> Any:

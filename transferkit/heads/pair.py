@@ -27,6 +27,7 @@ from torch import nn
 
 from transferkit.errors import ConfigError
 from transferkit.heads import register_head
+from transferkit.backbones.base import inference
 from transferkit.heads.base import class_list, features_part, mlp
 
 MODES = ("auto", "cross", "bi")
@@ -240,18 +241,13 @@ class Pair(nn.Module):
         if self.layers is None:
             raise ConfigError("the pair head has no classes yet: train it (they come from the data) or give "
                               "Pair(labels=[...]).")
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
         out = []
-        try:
+        with inference(model) as device:
             for at in range(0, len(pairs), batch_size):
                 chunk, names = pairs[at: at + batch_size], origins[at: at + batch_size]
                 inputs = preprocess_named(model.preprocess, self.encode(chunk),
                                           names if self.mode == "cross" else names + names)
                 out.append(model(**{k: v.to(device) for k, v in inputs.items()})["logits"].float().cpu())
-        finally:
-            model.train(was_training)
         return (torch.cat(out) if out else torch.empty(0, self.out_features)), single
 
     @property

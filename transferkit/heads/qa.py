@@ -18,6 +18,7 @@ from torch import nn
 
 from transferkit.errors import ConfigError, InputError
 from transferkit.heads import register_head
+from transferkit.backbones.base import inference
 from transferkit.heads.base import features_part
 
 
@@ -115,18 +116,13 @@ class QuestionAnswering(nn.Module):
         from transferkit.tasks.qa import decode_answers, encode_windows
 
         questions, contexts, single = _questions(raw_inputs)
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
         results: list[dict] = []
-        try:
+        with inference(model) as device:
             for at in range(0, len(questions), batch_size):
                 q, c = questions[at: at + batch_size], contexts[at: at + batch_size]
                 windows = encode_windows(model, q, c, [f"item {at + i}" for i in range(len(q))])
                 logits = model(**{k: v.to(device) for k, v in windows["inputs"].items()})["logits"]
                 results += decode_answers(self, logits, windows, c)
-        finally:
-            model.train(was_training)
         return results[0] if single else results
 
     @property

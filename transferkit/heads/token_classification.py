@@ -26,6 +26,7 @@ from transferkit.data.conll import (SCHEMES, WORD_PATTERN, check_scheme, convert
                                     split_tag, split_words)
 from transferkit.errors import ConfigError, InputError
 from transferkit.heads import HEADS, register_head
+from transferkit.backbones.base import inference
 from transferkit.heads.base import features_part
 
 
@@ -217,19 +218,14 @@ class TokenClassification(nn.Module):
             sentences = [words for words, _ in split]
         else:
             sentences = items
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
         results = []
-        try:
+        with inference(model) as device:
             for at in range(0, len(sentences), batch_size):
                 chunk = sentences[at: at + batch_size]
                 inputs, word_ids = preprocess_tokens(model, chunk, [f"item {at + i}" for i in range(len(chunk))])
                 logits = model(**{k: v.to(device) for k, v in inputs.items()})["logits"].float()
                 for b, (rows, words) in enumerate(first_subtokens(logits, word_ids.to(device))):
                     results.append(self._tag_words(rows, words, len(chunk[b])))
-        finally:
-            model.train(was_training)
         if texts:
             results = [self._spans(tags, probs, text, offsets)
                        for (tags, probs), text, (_, offsets) in zip(results, items, split)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from transferkit.errors import InputError
+from transferkit.backbones.base import inference
 
 
 class Pixels:
@@ -29,13 +30,7 @@ class Pixels:
 def probe(backbone) -> tuple[int, torch.Size | None]:
     """The backbone's pooled size and spatial map shape ``(C, H, W)`` (``None`` without one), from one dummy image."""
     size = tuple(getattr(backbone.preprocessor, "size", (32, 32)))
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            device = next(backbone.parameters()).device
-            features = backbone(pixel_values=torch.zeros(1, 3, *size, device=device))
-    finally:
-        backbone.train(was_training)
+    with inference(backbone) as device:
+        features = backbone(pixel_values=torch.zeros(1, 3, *size, device=device))
     spatial = None if features.spatial is None else features.spatial.shape[1:]
     return int(features.pooled.shape[-1]), spatial
