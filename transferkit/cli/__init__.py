@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo(sub)
     add_pretrain(sub)
 
-    p = sub.add_parser("finetune", help="fine-tune a backbone + classification head on labelled data",
-                       description="Fine-tune a backbone with a classification head and save the model.")
+    p = sub.add_parser("finetune", help="fine-tune a backbone + a task head (--task) on labelled data",
+                       description="Fine-tune a backbone with the head of --task (default classification) and "
+                                   "save the model.")
     p.add_argument("--backbone", required=True, help="backbone spec, e.g. hf:DIR, glove:PATH, timm:resnet18")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="backbone option (repeatable), e.g. weights=none, image_size=64, pooling=max")
@@ -96,15 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32, help="generation: longest output in tokens")
     p.add_argument("--stride", type=int, default=128, help="qa: tokens shared by consecutive windows of a long "
                                                           "context (default 128)")
-    p.add_argument("--text-a-column", default="text_a", help="pair: column of the first texts")
-    p.add_argument("--text-b-column", default="text_b", help="pair: column of the second texts")
     p.add_argument("--scheme", default="BIO", choices=["BIO", "BIOES"], help="ner: the tagging scheme")
-    p.add_argument("--label-separator", default="|",
-                   help="multilabel: what joins the labels in a cell (a JSON list also works; default '|')")
-    p.add_argument("--text-column", default="text", help="column of the inputs (texts or image paths)")
-    p.add_argument("--label-column", default="label", help="column of the class labels")
-    p.add_argument("--target-column", action="append", default=[], metavar="COLUMN",
-                   help="regression: a column of numbers to predict (repeatable; default --label-column)")
+    _data_columns(p)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-5, help="backbone learning rate (default 5e-5)")
@@ -155,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a directory written by finetune/save_pretrained on labelled data "
                                    "(the same forms as finetune --data) and print its task's metrics.")
     p.add_argument("--model", required=True, help="directory written by `transferkit finetune`")
-    p.add_argument("--data", required=True, help="labelled data: CSV/TSV/JSONL, or an image folder")
-    p.add_argument("--text-column", default="text", help="column of the inputs")
-    p.add_argument("--label-column", default="label", help="column of the class labels (classification)")
+    p.add_argument("--data", required=True, help="labelled data in the forms finetune --task reads: CSV/TSV/JSONL, "
+                                                 "an image folder, CoNLL (ner), SQuAD JSON (qa)")
+    _data_columns(p)
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cpu, cuda... (default: cuda when available)")
@@ -173,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_zoo(sub)
     return parser
+
+
+def _data_columns(p: argparse.ArgumentParser) -> None:
+    """The options that say where a data file keeps inputs and labels (finetune and evaluate read alike)."""
+    p.add_argument("--text-column", default="text", help="column of the inputs (texts or image paths; "
+                                                         "generation: default 'input')")
+    p.add_argument("--label-column", default="label", help="column of the class labels")
+    p.add_argument("--target-column", action="append", default=[], metavar="COLUMN",
+                   help="regression: a column of numbers to predict (repeatable; default --label-column); "
+                        "pair: the score column; generation: the target column (default 'target')")
+    p.add_argument("--text-a-column", default="text_a", help="pair: column of the first texts")
+    p.add_argument("--text-b-column", default="text_b", help="pair: column of the second texts")
+    p.add_argument("--label-separator", default="|",
+                   help="multilabel: what joins the labels in a cell (a JSON list also works; default '|')")
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -212,7 +220,9 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
 
     import transferkit as tk
     tk.seed_everything(args.seed)
-    read, split, make_head, what = _task_parts(args)
+    from transferkit.cli.task_data import task_parts
+
+    read, split, make_head, what = task_parts(args)
     data = read(args.data)
     if args.val:
         train, val = data, read(args.val)
@@ -260,92 +270,6 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     path = model.save_pretrained(output, metrics={f"val_{k}": v for k, v in best.items()}, overwrite=args.overwrite)
     print(f"saved to {path}")
     return 0
-
-
-def _task_parts(args: argparse.Namespace):
-    """For ``--task``: how to read a data file, split off validation data, build the head, describe the data."""
-    import random
-
-    import transferkit as tk
-    from transferkit.data import (LabelledData, class_names, load_labelled, load_targets, random_split,
-                                  stratified_split)
-
-    if args.task == "multilabel":
-        from transferkit.data.multilabel import label_set_classes, load_label_sets
-
-        def read_sets(path):
-            return load_label_sets(path, input_column=args.text_column, label_column=args.label_column,
-                                   separator=args.label_separator)
-
-        def multi_head(data):
-            names, _ = label_set_classes(data.labels)
-            return lambda: tk.heads.MultiLabel(labels=names, hidden=args.hidden)
-
-        return (read_sets, random_split, multi_head,
-                lambda data: f"{len(label_set_classes(data.labels)[0])} classes, multi-label")
-    def split_list(items, fraction, seed):
-        held = set(random.Random(seed).sample(range(len(items)), max(1, round(len(items) * fraction))))
-        return [s for i, s in enumerate(items) if i not in held], [s for i, s in enumerate(items) if i in held]
-
-    if args.task == "ner":
-        from transferkit.data.conll import load_tagged
-
-        return (load_tagged, split_list, lambda data: lambda: tk.heads.TokenClassification(scheme=args.scheme),
-                lambda data: f"{len(data)} tagged sentences, {args.scheme}")
-    if args.task == "generation":
-        from transferkit.data import load_raw
-
-        target = args.target_column[0] if args.target_column else "target"
-
-        def read_pairs(path):
-            table = load_raw(path, input_column=args.text_column if args.text_column != "text" else "input",
-                             label_column=target)
-            return list(zip(table.inputs, table.labels))
-
-        return (read_pairs, split_list, lambda data: lambda: tk.heads.Generation(max_new_tokens=args.max_new_tokens),
-                lambda data: f"{len(data)} (input, target) pairs")
-    if args.task == "qa":
-        from transferkit.data.squad import load_squad
-
-        def split_questions(examples, fraction, seed):  # by context: no paragraph in both parts
-            contexts = sorted({e.context for e in examples})
-            held = set(random.Random(seed).sample(contexts, max(1, round(len(contexts) * fraction))))
-            return [e for e in examples if e.context not in held], [e for e in examples if e.context in held]
-
-        return (load_squad, split_questions,
-                lambda data: lambda: tk.heads.QuestionAnswering(
-                    stride=args.stride, allow_unanswerable=any(not e.answerable for e in data)),
-                lambda data: f"{len(data)} questions, {sum(not e.answerable for e in data)} unanswerable")
-    if args.task == "pair":
-        from transferkit.tasks.pair import load_pairs
-
-        target = args.target_column[0] if args.target_column else None
-
-        def read_pairs(path):
-            texts, labels, _ = load_pairs(path, text_a_column=args.text_a_column, text_b_column=args.text_b_column,
-                                          label_column=target or args.label_column)
-            return [(a, b, y) for (a, b), y in zip(texts, labels)]
-
-        return (read_pairs, split_list, lambda data: lambda: tk.heads.Pair(target=target, hidden=args.hidden),
-                lambda data: f"{len(data)} text pairs" + (f", score {target!r}" if target else ""))
-    if args.task == "regression":
-        columns = args.target_column or [args.label_column]
-
-        def read(path):
-            inputs, targets, origins = load_targets(path, input_column=args.text_column, target_columns=columns)
-            return LabelledData(inputs, targets, origins, args.text_column)
-
-        return (read, random_split, lambda data: lambda: tk.heads.Regression(columns, hidden=args.hidden),
-                lambda data: f"{len(columns)} target{'s' if len(columns) > 1 else ''}: {', '.join(columns)}")
-
-    def read_classes(path):
-        return load_labelled(path, text_column=args.text_column, label_column=args.label_column)
-
-    def head(data):
-        names, _ = class_names(data.labels)  # integer labels are class names too: 5 and 7 make two classes
-        return lambda: tk.heads.Classification(labels=names, hidden=args.hidden)
-
-    return read_classes, stratified_split, head, lambda data: f"{len(class_names(data.labels)[0])} classes"
 
 
 def format_number(value) -> str:
@@ -449,11 +373,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     import transferkit as tk
 
     model = tk.TransferModel.from_pretrained(args.model)
-    options = {"input_column": args.text_column}
-    if model.head.head_type == "classification":
-        options["label_column"] = args.label_column
-    task = model.task(**options)
-    metrics = tk.Trainer(eval_batch_size=args.batch_size, device=args.device, progress=False).evaluate(task, args.data)
+    head = model.head
+    # Read the data exactly as `finetune --task` of this head reads it; saved column names are the defaults.
+    args.task = {"token_classification": "ner"}.get(head.head_type, head.head_type)
+    if not args.target_column and args.task == "regression":
+        args.target_column = list(head.targets)
+    if not args.target_column and args.task == "pair" and head.target is not None:
+        args.target_column = [head.target]
+    from transferkit.cli.task_data import task_parts
+
+    read = task_parts(args)[0]
+    metrics = tk.Trainer(eval_batch_size=args.batch_size, device=args.device, progress=False).evaluate(
+        model, read(args.data))
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
     else:
