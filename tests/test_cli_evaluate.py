@@ -28,7 +28,7 @@ def write_csv(path, header, rows):
 
 
 def classification(tmp_path):
-    return tk.heads.Classification(labels=TOPIC), write_csv(tmp_path / "d.csv", ("text", "label"),
+    return tk.heads.Classification(), write_csv(tmp_path / "d.csv", ("text", "label"),
                                                  [(s, topic(i)) for i, s in enumerate(SENTENCES)]), {}
 
 
@@ -111,3 +111,21 @@ def test_evaluate_prints_the_heads_metrics(head_type, assets, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(path)]) == 0
     line = capsys.readouterr().out.strip()
     assert all(f"{name}=" in line for name in expected), line
+
+
+def test_a_classifier_without_labels_takes_them_from_the_training_data(assets, tmp_path):
+    data = [(s, topic(i)) for i, s in enumerate(SENTENCES)]
+    model = tk.TransferModel(tk.load_backbone(f"glove:{assets['glove']}"), tk.heads.Classification())
+    with pytest.raises(RuntimeError, match="train it"):
+        model.predict(["the cat"])
+    tk.Trainer(epochs=6, lr=0.05, head_lr=0.05, batch_size=8, progress=False).fit(model, data)
+    assert model.head.labels == TOPIC and model.head.num_classes == 3
+    assert model.predict([s for s, _ in data[:9]]) == [y for _, y in data[:9]]
+    model.save_pretrained(tmp_path / "m")
+    assert tk.TransferModel.from_pretrained(tmp_path / "m").head.config == model.head.config
+    numbered = tk.TransferModel(tk.load_backbone(f"glove:{assets['glove']}"), tk.heads.Classification())
+    tk.Trainer(epochs=1, progress=False).fit(numbered, [(s, 10 + TOPIC.index(y)) for s, y in data])
+    assert numbered.head.labels == [10, 11, 12]  # integers are class names too, as in the CLI
+    one = tk.TransferModel(tk.load_backbone(f"glove:{assets['glove']}"), tk.heads.Classification())
+    with pytest.raises(tk.errors.LabelError, match="one class only"):
+        tk.Trainer(epochs=1, progress=False).fit(one, [(s, "x") for s, _ in data])

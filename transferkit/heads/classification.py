@@ -17,10 +17,11 @@ class Classification(nn.Module):
 
     Labels follow the rule in :mod:`transferkit.data`: ``predict`` returns class names in the type they
     were given in (``label_type``), and a head with ``num_classes`` but no ``labels`` treats integer labels
-    as class ids ``0..num_classes-1`` (and predicts those ids).
+    as class ids ``0..num_classes-1`` (and predicts those ids). A head with neither takes its classes from the
+    training data (the sorted distinct labels, as scikit-learn's ``classes_``); its layers are made then.
 
     Args:
-        num_classes: number of classes; may be omitted when ``labels`` is given.
+        num_classes: number of classes; may be omitted when ``labels`` is given, or with both omitted.
         labels: class names (strings, integers or bools), index ``i`` naming class ``i``; ``predict``
             returns these names.
         label_type: ``"str"``, ``"int"`` or ``"bool"``, the type of the names; ``None`` takes it from
@@ -36,14 +37,11 @@ class Classification(nn.Module):
                  label_type: str | None = None, hidden: int | None = None, dropout: float = 0.0,
                  in_features: int | None = None, input_column: str | None = None):
         super().__init__()
-        if num_classes is None and labels is None:
-            raise ConfigError("Classification needs num_classes or labels, e.g. Classification(labels=['neg', 'pos']) "
-                              "or Classification(num_classes=2).")
-        self.num_classes = int(num_classes if num_classes is not None else len(labels))
         if labels is not None and num_classes is not None and num_classes != len(labels):
             raise ConfigError(f"num_classes={num_classes} but {len(labels)} labels given")
-        if self.num_classes < 2:
-            raise ConfigError(f"a classifier needs at least 2 classes, got {self.num_classes}: check the labels.")
+        self.num_classes = None if num_classes is None and labels is None else int(
+            num_classes if num_classes is not None else len(labels))
+        self._check_count()
         self.label_type = label_type
         self.labels = labels
         self.input_column = input_column
@@ -53,6 +51,10 @@ class Classification(nn.Module):
         self.layers: nn.Module | None = None
         if in_features is not None:
             self.build(in_features)
+
+    def _check_count(self) -> None:
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"a classifier needs at least 2 classes, got {self.num_classes}: check the labels.")
 
     @property
     def labels(self) -> list | None:
@@ -65,12 +67,23 @@ class Classification(nn.Module):
             self._labels = None
             return
         names, kind = class_list(labels, self.label_type)
+        if self.num_classes is None:  # classes taken from the training data: the layers can be made now
+            self.num_classes = len(names)
+            self._check_count()
+            if self.in_features is not None and getattr(self, "layers", None) is None:
+                self.layers = mlp(self, self.in_features, self.num_classes)
         if len(names) != self.num_classes:
             raise ConfigError(f"num_classes={self.num_classes} but {len(names)} labels given")
         self.label_type, self._labels = kind, names
 
     def build(self, in_features: int) -> None:
-        """Create the layers for ``in_features``-sized features (no-op if already built for that size)."""
+        """Create the layers for ``in_features``-sized features (no-op if already built for that size); a head
+        whose classes come from the training data records the size and makes them once it knows the classes."""
+        if self.num_classes is None:
+            if self.in_features is not None and in_features != self.in_features:
+                raise ConfigError(f"head was built for {self.in_features} features, backbone gives {in_features}")
+            self.in_features = int(in_features)
+            return
         self.layers = mlp(self, in_features, self.num_classes) or self.layers
 
     needs = frozenset({"pooled"})
@@ -78,7 +91,9 @@ class Classification(nn.Module):
     def forward(self, features: Any) -> torch.Tensor:
         """Logits ``[B, num_classes]`` from ``features.pooled`` (or a ``[B, in_features]`` tensor)."""
         if self.layers is None:
-            raise RuntimeError("head is not built: compose it with a backbone in TransferModel first")
+            raise RuntimeError("head is not built: compose it with a backbone in TransferModel first"
+                               + (", and train it (its classes come from the training data)"
+                                  if self.num_classes is None else ""))
         return self.layers(features_part(features, "pooled"))
 
     def task(self, model: nn.Module, **options: Any) -> nn.Module:

@@ -46,7 +46,8 @@ class ClassificationTask(nn.Module):
     Args:
         model: the model; its head's ``labels`` (if any) map label names to class ids. A head without
             names takes them from the first training data whose labels are not all integers (a head with
-            ``num_classes`` and no names treats integer labels as class ids); see :mod:`transferkit.data`.
+            ``num_classes`` and no names treats integer labels as class ids; a head with neither takes every
+            class from the first training data); see :mod:`transferkit.data`.
         label_smoothing: passed to the cross-entropy loss.
         class_weights: ``[num_classes]`` weights of the training loss (the ``weight=`` of the
             cross-entropy), e.g. class-balanced weights for imbalanced labels; ``None`` weighs all classes
@@ -91,7 +92,12 @@ class ClassificationTask(nn.Module):
         head = self.model.head
         if head.labels is None:
             names, kind = class_names(data.labels)
-            if kind != "int":
+            if head.num_classes is None:  # Classification(): its classes are the training data's
+                if len(names) < 2:
+                    raise LabelError(f"the training data has one class only ({names}): a classifier needs at "
+                                     "least two; check the label column.")
+                head.labels = names
+            elif kind != "int":
                 if len(names) != head.num_classes:
                     raise LabelError(f"the data has {len(names)} distinct labels {names[:10]} but the head has "
                                      f"num_classes={head.num_classes}: build the head with "
