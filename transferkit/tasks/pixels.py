@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from transferkit.errors import InputError
-from transferkit.backbones.base import inference
 
 
 class Pixels:
@@ -27,10 +26,17 @@ class Pixels:
         return (unit - self.mean) / self.std
 
 
-def probe(backbone) -> tuple[int, torch.Size | None]:
-    """The backbone's pooled size and spatial map shape ``(C, H, W)`` (``None`` without one), from one dummy image."""
-    size = tuple(getattr(backbone.preprocessor, "size", (32, 32)))
-    with inference(backbone) as device:
-        features = backbone(pixel_values=torch.zeros(1, 3, *size, device=device))
-    spatial = None if features.spatial is None else features.spatial.shape[1:]
-    return int(features.pooled.shape[-1]), spatial
+def probe(backbone) -> tuple[int, tuple[int, int, int] | None]:
+    """The backbone's pooled size and nominal spatial map shape ``(C, H, W)`` (``None`` without one), from its
+    :attr:`~transferkit.Backbone.feature_info` — no forward pass. ``H`` and ``W`` are the input size over the
+    deepest stage's stride, rounded up (the map is what the pretext heads pool to their own grid, so the
+    nominal size only chooses between the spatial and the pooled path); a map whose stride is not described
+    gives ``(C, 0, 0)``, which sends the heads down the pooled path."""
+    info = backbone.feature_info
+    if info.spatial is None:
+        return int(info.pooled), None
+    height, width = (int(v) for v in tuple(getattr(backbone.preprocessor, "size", (0, 0)))[:2])
+    stride = info.stages[-1].stride if info.stages else 0
+    if not stride:
+        return int(info.pooled), (int(info.spatial), 0, 0)
+    return int(info.pooled), (int(info.spatial), -(-height // stride), -(-width // stride))
