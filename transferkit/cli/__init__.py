@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=128, help="qa: tokens shared by consecutive windows of a long "
                                                           "context (default 128)")
     p.add_argument("--scheme", default="BIO", choices=["BIO", "BIOES"], help="ner: the tagging scheme")
+    p.add_argument("--crf", action="store_true", help="ner: a linear-chain CRF on the word logits (learnt "
+                                                      "transitions, CRF loss, constrained Viterbi)")
     _data_columns(p)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)

@@ -39,8 +39,9 @@ def task_parts(args: argparse.Namespace):
     if args.task == "ner":
         from transferkit.data.conll import load_tagged
 
-        return (load_tagged, split_list, lambda data: lambda: tk.heads.TokenClassification(scheme=args.scheme),
-                lambda data: f"{len(data)} tagged sentences, {args.scheme}")
+        return (load_tagged, split_list,
+                lambda data: lambda: tk.heads.TokenClassification(scheme=args.scheme, crf=args.crf),
+                lambda data: f"{len(data)} tagged sentences, {args.scheme}{' + CRF' if args.crf else ''}")
     if args.task == "generation":
         from transferkit.data import load_raw
 

@@ -8,6 +8,12 @@ transitions (``I-X`` only after ``B-X``/``I-X``; in BIOES, ``E-X`` closes and ``
 the constrained decoding of AllenNLP's ``allowed_transitions`` + ``viterbi_decode`` (Gardner et al. 2018,
 arXiv:1803.07640) applied to per-word log-probabilities, with no learned transition scores.
 
+With ``crf=True`` a linear-chain CRF (:mod:`transferkit.heads.crf`; Lafferty et al. 2001, the BiLSTM-CRF /
+BERT-CRF tagging of Lample et al. 2016, arXiv:1603.01360) sits on the per-word logits: it learns transition,
+start and end scores, the loss becomes the CRF's negative log-likelihood of the words' tag sequence, and
+decoding is Viterbi over logits + learnt transitions — with the same hard constraints, so it still never
+emits an invalid sequence. Entity scores are then the CRF's marginal tag probabilities.
+
 ``TransferModel.predict`` on raw text returns entity spans with character offsets::
 
     [{"entity": "PER", "start": 0, "end": 5, "text": "Alice", "score": 0.93}, ...]
@@ -28,6 +34,7 @@ from transferkit.errors import ConfigError, InputError
 from transferkit.heads import HEADS, register_head
 from transferkit.backbones.base import inference
 from transferkit.heads.base import features_part
+from transferkit.heads.crf import CRF
 
 
 @register_head("token_classification")
@@ -44,13 +51,19 @@ class TokenClassification(nn.Module):
             on raw text use it).
         in_features: feature size; normally left out and taken from the backbone.
         input_column: recorded by training, like the other heads.
+        crf: put a linear-chain CRF on the word logits (learnt transitions, CRF loss, Viterbi over
+            logits + transitions); its scores are saved with the head.
     """
 
     needs = frozenset({"tokens", "mask"})
 
     def __init__(self, labels: Sequence[str] | None = None, *, scheme: str = "BIO", dropout: float = 0.0,
-                 word_pattern: str = WORD_PATTERN, in_features: int | None = None, input_column: str | None = None):
+                 word_pattern: str = WORD_PATTERN, in_features: int | None = None, input_column: str | None = None,
+                 crf: bool = False):
         super().__init__()
+        if not isinstance(crf, bool):
+            raise ConfigError(f"crf must be True or False, got {crf!r}.")
+        self.crf = crf
         self.scheme = check_scheme(scheme)
         self.dropout = float(dropout)
         self.word_pattern = word_pattern
@@ -58,6 +71,7 @@ class TokenClassification(nn.Module):
         self.in_features = in_features
         self.labels: list[str] | None = None
         self.layers: nn.Module | None = None
+        self.crf_layer: CRF | None = None
         if labels is not None:
             self.set_labels(labels)
 
@@ -111,6 +125,8 @@ class TokenClassification(nn.Module):
         self.in_features = int(in_features)
         if self.labels is not None:
             self.layers = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(self.in_features, self.num_classes))
+            if self.crf:
+                self.crf_layer = CRF(self.num_classes, *self.transitions())
 
     def forward(self, features: Any) -> torch.Tensor:
         """Tag logits of every token ``[B, T, num_tags]``."""
@@ -125,7 +141,8 @@ class TokenClassification(nn.Module):
         return self.layers(tokens)
 
     def task(self, model: nn.Module, **options: Any) -> nn.Module:
-        """The task that trains it: cross-entropy on first sub-tokens; entity precision/recall/F1 (seqeval)."""
+        """The task that trains it: cross-entropy on first sub-tokens (with ``crf``: the CRF's negative
+        log-likelihood of each sentence's word tags); entity precision/recall/F1 (seqeval)."""
         from transferkit.tasks.token_classification import TokenClassificationTask
 
         return TokenClassificationTask(model, **options)
@@ -151,34 +168,35 @@ class TokenClassification(nn.Module):
         return allowed, start, end
 
     def decode(self, log_probs: torch.Tensor) -> list[int]:
-        """The most probable valid tag sequence (ids) of one sentence's ``[W, L]`` log-probabilities.
+        """The most probable valid tag sequence (ids) of one sentence's ``[W, L]`` word scores.
 
-        Viterbi over the allowed transitions: ``score_t(j) = max_i score_{t-1}(i) + log p_t(j)`` over allowed
-        ``i → j``, started from allowed first tags and ended on allowed last tags.
+        Viterbi over the allowed transitions: ``score_t(j) = max_i score_{t-1}(i) + trans(i, j) + s_t(j)`` over
+        allowed ``i → j``, started from allowed first tags and ended on allowed last tags. Without ``crf`` the
+        scores are log-probabilities and ``trans`` is 0; with it, the CRF's learnt scores over the logits.
         """
-        if len(log_probs) == 0:
-            return []
-        allowed, start, end = (m.to(log_probs.device) for m in self.transitions())
-        blocked = torch.tensor(float("-inf"), device=log_probs.device)
-        score = torch.where(start, log_probs[0], blocked)
-        back = []
-        for t in range(1, len(log_probs)):
-            candidates = torch.where(allowed, score[:, None], blocked)  # [prev, next]
-            best, arg = candidates.max(0)
-            back.append(arg)
-            score = best + log_probs[t]
-        path = [int(torch.where(end, score, blocked).argmax())]
-        for arg in reversed(back):
-            path.append(int(arg[path[-1]]))
-        return path[::-1]
+        return self._chain(log_probs.device).decode(log_probs[None].float())[0]
+
+    def _chain(self, device: torch.device) -> CRF:
+        """The CRF that decodes: the learnt one, or (without ``crf``) one with zero scores and the constraints."""
+        if self.crf_layer is not None:
+            return self.crf_layer
+        if self.labels is None:
+            raise RuntimeError("head has no tags yet: give labels= or train it first")
+        return CRF(self.num_classes, *self.transitions()).to(device)
 
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Tag probabilities of word-level logits ``[..., W, L]`` (softmax over tags)."""
-        return outputs.float().softmax(-1)
+        """Tag probabilities of word-level logits ``[..., W, L]``: softmax over tags, or with ``crf`` the CRF's
+        marginals ``p(y_t = tag | sentence)``."""
+        if self.crf_layer is None:
+            return outputs.float().softmax(-1)
+        rows = outputs.float().reshape(-1, *outputs.shape[-2:])
+        return self.crf_layer.marginals(rows).reshape(outputs.shape)
 
     def predict(self, outputs: torch.Tensor) -> list:
         """Valid tag sequences for word-level logits ``[B, W, L]`` (one list of tag names per sentence)."""
-        return [[self.labels[i] for i in self.decode(row.float().log_softmax(-1))] for row in outputs]
+        outputs = outputs.float()
+        emissions = outputs if self.crf_layer is not None else outputs.log_softmax(-1)
+        return [[self.labels[i] for i in path] for path in self._chain(outputs.device).decode(emissions)]
 
     @torch.no_grad()
     def predict_raw(self, model: nn.Module, raw_inputs: Any, batch_size: int = 32) -> Any:
@@ -199,7 +217,7 @@ class TokenClassification(nn.Module):
         Raises:
             InputError: an empty text or sentence, a mix of texts and word lists (naming the item).
         """
-        from transferkit.tasks.token_classification import first_subtokens, preprocess_tokens
+        from transferkit.tasks.token_classification import preprocess_tokens
 
         from transferkit.data import as_table, find_column
 
@@ -224,24 +242,69 @@ class TokenClassification(nn.Module):
                 chunk = sentences[at: at + batch_size]
                 inputs, word_ids = preprocess_tokens(model, chunk, [f"item {at + i}" for i in range(len(chunk))])
                 logits = model(**{k: v.to(device) for k, v in inputs.items()})["logits"].float()
-                for b, (rows, words) in enumerate(first_subtokens(logits, word_ids.to(device))):
-                    results.append(self._tag_words(rows, words, len(chunk[b])))
+                results += self.tag_words(logits, word_ids.to(device), [len(words) for words in chunk])
         if texts:
             results = [self._spans(tags, probs, text, offsets)
                        for (tags, probs), text, (_, offsets) in zip(results, items, split)]
             return results[0] if single else results
         return [tags for tags, _ in results]
 
-    def _tag_words(self, logits: torch.Tensor, words: torch.Tensor, length: int) -> tuple[list[str], list[float]]:
-        """Tags and tag probabilities of a sentence's ``length`` words; words without a token are ``O``."""
-        log_probs = logits.log_softmax(-1)
-        path = self.decode(log_probs)
-        tags, probs = ["O"] * length, [0.0] * length
-        for w, tag_id, row in zip(words.tolist(), path, log_probs):
-            tags[w], probs[w] = self.labels[tag_id], float(row[tag_id].exp())
-        if len(path) < length:  # words cut or without a token: keep the sequence valid
-            tags = convert_tags(tags, self.scheme)
-        return tags, probs
+    def tag_words(self, logits: torch.Tensor, word_ids: torch.Tensor, lengths: Sequence[int],
+                  scores: bool = True) -> list[tuple[list[str], list[float]]]:
+        """Valid tags and tag probabilities of each sentence's words, decoded as one batch.
+
+        Args:
+            logits: token logits ``[B, T, L]`` (what the model returns).
+            word_ids: ``[B, T]``, each token's word (``-1``: none); words are read on their first sub-token.
+            lengths: the number of words of each sentence.
+            scores: also compute the probabilities (else they are 0).
+
+        Returns:
+            per sentence ``(tags, probabilities)``, one per word. Without ``crf`` the words that have a token
+            are decoded (probability: softmax); with it, every word up to the last one with a token (a word
+            without a token between them scores 0 for every tag; probability: the CRF marginal), the end open
+            if later words were cut. Words left out (cut, or without a token and no CRF) are ``O``, the
+            sequence kept valid.
+        """
+        emissions, mask, ended = self.word_emissions(logits, word_ids, lengths)
+        chain = self._chain(emissions.device)
+        paths = chain.decode(emissions, mask, ended)
+        probs = None
+        if scores:
+            probs = (emissions.exp() if self.crf_layer is None else chain.marginals(emissions, mask, ended)).cpu()
+        kept = mask.tolist()
+        out = []
+        for b, (path, n) in enumerate(zip(paths, lengths)):
+            words = [w for w, k in enumerate(kept[b]) if k]
+            tags, word_probs = ["O"] * n, [0.0] * n
+            for w, tag_id in zip(words, path):
+                tags[w] = self.labels[tag_id]
+                if probs is not None:
+                    word_probs[w] = float(probs[b, w, tag_id])
+            if len(words) < n:  # words cut or without a token: keep the sequence valid
+                tags = convert_tags(tags, self.scheme)
+            out.append((tags, word_probs))
+        return out
+
+    def word_emissions(self, logits: torch.Tensor, word_ids: torch.Tensor,
+                       lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What is decoded (and, with ``crf``, trained): word scores ``[B, W, L]``, the words that count
+        ``[B, W]`` and whether each sentence's end is among them ``[B]`` (``W = max(lengths)``).
+
+        Without ``crf``: the log-probabilities of the words that have a token, the sentences ended. With it:
+        the logits of every word up to the last one with a token (zeros for a word without a token, so the
+        gold sequence stays valid), a sentence cut by the length limit left open at the end.
+        """
+        from transferkit.tasks.token_classification import word_level
+
+        emissions, present = word_level(logits.float(), word_ids, lengths)
+        length = torch.as_tensor(list(lengths), dtype=torch.long, device=emissions.device)
+        if self.crf_layer is None:
+            return emissions.log_softmax(-1), present, torch.ones_like(length, dtype=torch.bool)
+        positions = torch.arange(emissions.shape[1], device=emissions.device)
+        last = torch.where(present, positions, torch.full_like(positions, -1)).amax(1) if emissions.shape[1] \
+            else torch.full_like(length, -1)
+        return emissions, positions[None] <= last[:, None], last == length - 1
 
     @staticmethod
     def _spans(tags: list[str], probs: list[float], text: str, offsets: list[tuple[int, int]]) -> list[dict]:
@@ -255,7 +318,8 @@ class TokenClassification(nn.Module):
     @property
     def config(self) -> dict:
         return {"type": self.head_type, "labels": self.labels, "scheme": self.scheme, "dropout": self.dropout,
-                "word_pattern": self.word_pattern, "in_features": self.in_features, "input_column": self.input_column}
+                "word_pattern": self.word_pattern, "in_features": self.in_features, "input_column": self.input_column,
+                "crf": self.crf}
 
 
 HEADS.register("ner", TokenClassification)  # an alias: the head's type stays "token_classification"

@@ -1,4 +1,6 @@
-"""Token classification (NER): cross-entropy on each word's first sub-token; entity precision, recall and F1.
+"""Token classification (NER): cross-entropy on each word's first sub-token (with a CRF head, the negative
+log-likelihood of each sentence's word tags under the CRF, :mod:`transferkit.heads.crf`); entity precision,
+recall and F1.
 
 Entity metrics are micro-averaged over entity types and computed as ``seqeval`` computes them by default
 (``seqeval.metrics.f1_score`` / ``precision_score`` / ``recall_score`` with ``average="micro"``, default
@@ -75,6 +77,21 @@ def first_subtokens(logits: torch.Tensor, word_ids: torch.Tensor) -> list[tuple[
     return [(logits[b][first[b]], word_ids[b][first[b]]) for b in range(len(word_ids))]
 
 
+def word_level(logits: torch.Tensor, word_ids: torch.Tensor,
+               lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each word's logits, read on its first sub-token, ``[B, W, L]`` with ``W = max(lengths)`` (zeros for a
+    word without a token: cut by the length limit, or padding), and ``[B, W]`` which words have a token."""
+    batch, width = len(word_ids), max(lengths, default=0)
+    rows, positions = first_mask(word_ids).nonzero(as_tuple=True)
+    words = word_ids[rows, positions]
+    inside = words < width
+    rows, positions, words = rows[inside], positions[inside], words[inside]
+    emissions = logits.new_zeros(batch, width, logits.shape[-1]).index_put((rows, words), logits[rows, positions])
+    present = torch.zeros(batch, width, dtype=torch.bool, device=word_ids.device)
+    present[rows, words] = True
+    return emissions, present
+
+
 class TokenClassificationTask(nn.Module):
     """Fine-tune a :class:`~transferkit.TransferModel` with a :class:`~transferkit.heads.token_classification.TokenClassification` head.
 
@@ -136,10 +153,21 @@ class TokenClassificationTask(nn.Module):
         return {"inputs": inputs, "labels": labels, "word_ids": word_ids, "word_tags": word_tags}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Cross-entropy per labelled token; with a CRF head, the sentences' CRF negative log-likelihood over
+        their words (skipping tokens that are not a word's first sub-token), divided by the labelled tokens."""
         logits = self.model(**batch["inputs"])["logits"]
         keep = batch["labels"] != IGNORE
         count = keep.sum()
-        loss = F.cross_entropy(logits[keep].float(), batch["labels"][keep]) if bool(count) else logits.sum() * 0.0
+        head = self.model.head
+        if not bool(count):
+            loss = logits.sum() * 0.0
+        elif getattr(head, "crf_layer", None) is not None:
+            tags = batch["word_tags"].to(logits.device)
+            emissions, mask, ended = head.word_emissions(logits, batch["word_ids"].to(logits.device),
+                                                         (tags >= 0).sum(1).tolist())
+            loss = head.crf_layer.nll(emissions, tags, mask, ended).sum() / count
+        else:
+            loss = F.cross_entropy(logits[keep].float(), batch["labels"][keep])
         return {"loss": loss, "logits": logits, "num_items": count}
 
     def metrics(self) -> "EntityMetrics":
@@ -199,10 +227,11 @@ class EntityMetrics:
         n = int(outputs.get("num_items", 1))
         self.loss_sum += float(outputs["loss"]) * n
         self.items += n
-        rows = first_subtokens(outputs["logits"].detach().float(), batch["word_ids"])
-        for (logits, words), gold in zip(rows, batch["word_tags"].tolist()):
-            gold = [self.head.labels[t] for t in gold if t >= 0]
-            pred, _ = self.head._tag_words(logits, words, len(gold))
+        golds = [[self.head.labels[t] for t in tags if t >= 0] for tags in batch["word_tags"].tolist()]
+        logits = outputs["logits"].detach()
+        predicted = self.head.tag_words(logits, batch["word_ids"].to(logits.device), [len(g) for g in golds],
+                                        scores=False)
+        for gold, (pred, _) in zip(golds, predicted):
             self.counts.update(gold, pred)
 
     def compute(self) -> dict[str, float]:
