@@ -1,12 +1,23 @@
 """Transformer language models from Hugging Face transformers: ``hf:NAME_OR_DIR``.
 
-Any checkpoint ``transformers.AutoModel`` can load works (BERT, RoBERTa, DistilBERT, GPT-2, Llama...). A
-local directory works offline. Remote code is never run (``trust_remote_code=False``) and weights are read
+Any checkpoint ``transformers.AutoModel`` can load works (BERT, RoBERTa, DistilBERT, GPT-2, Llama, T5, BART...).
+A local directory works offline. Remote code is never run (``trust_remote_code=False``) and weights are read
 from safetensors, or from ``.bin`` files with ``torch.load(weights_only=True)`` as transformers does.
 
 Pooling (:mod:`transferkit.backbones.pooling`, applied by the Backbone to the encoder's tokens + mask):
 ``"mean"`` over real tokens (default; what sentence-transformers uses), ``"cls"`` (first token, BERT-style)
 or ``"last"`` (last real token, for causal models such as GPT-2).
+
+Encoder-decoder models (``config.is_encoder_decoder``: T5, Raffel et al. 2020, arXiv:1910.10683; BART, Lewis et
+al. 2020, arXiv:1910.13461; mT5, Pegasus...) keep the whole base model (``T5Model``, ``BartModel``: encoder *and*
+decoder, so saving and loading round-trips the decoder too), but the backbone's forward pass runs only the encoder
+(``model.get_encoder()``): its tokens, mask and pooled vector serve every head (a classifier over a T5 encoder, as
+sentence-T5 does, Ni et al. 2022, arXiv:2108.08877), and the ``generation`` head drives the decoder itself.
+
+``AutoModel`` drops what lies above the base model in a checkpoint (the ``lm_head.weight`` of an untied
+``...ForCausalLM`` / ``...ForConditionalGeneration``, BART's ``final_logits_bias``); the encoder remembers the
+checkpoint directory so a head can read such tensors by key (:meth:`HFEncoder.pretrained_tensor`, safetensors only,
+without loading the rest).
 
 Tokenizers are checked on load: a directory without tokenizer files is a
 :class:`~transferkit.errors.TokenizerError` (transformers would silently build a tokenizer of special
@@ -127,23 +138,111 @@ class HFTokenizer:
 
 
 class HFEncoder(nn.Module):
-    """``AutoModel``'s last hidden state as tokens + mask; the :class:`Backbone`'s pooling makes ``pooled``."""
+    """``AutoModel``'s last hidden state as tokens + mask; the :class:`Backbone`'s pooling makes ``pooled``.
 
-    def __init__(self, model: nn.Module):
+    For an encoder-decoder model only the encoder runs here (``model.get_encoder()``).
+
+    Attributes:
+        model: the transformers base model (for an encoder-decoder: encoder and decoder).
+        checkpoint: the local directory of the pretrained checkpoint it was loaded from, or ``None`` (random
+            weights, or rebuilt from a saved transferkit model); not saved.
+    """
+
+    def __init__(self, model: nn.Module, checkpoint: str | os.PathLike | None = None):
         super().__init__()
         self.model = model
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(getattr(self.model.config, "is_encoder_decoder", False))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: torch.Tensor) -> Features:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        if self.is_encoder_decoder:
+            kwargs.pop("token_type_ids", None)  # a BERT-style tokenizer's segment ids mean nothing to T5 or BART
+            hidden = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                              **kwargs).last_hidden_state
+        else:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         return Features(tokens=hidden, mask=attention_mask)
 
     def feature_info(self) -> dict:
         """Tokens of the model's hidden size, no spatial map or stages."""
         return {"tokens": int(self.model.config.hidden_size)}
 
+    def pretrained_tensor(self, key: str) -> torch.Tensor | None:
+        """The tensor named ``key`` in the checkpoint's safetensors files (e.g. ``"lm_head.weight"``), or ``None``
+        when there is no checkpoint directory, no safetensors file or no such key."""
+        return None if self.checkpoint is None else read_checkpoint_tensor(self.checkpoint, key)
 
-def from_model(model, tokenizer, *, name: str, pooling: str = "mean", max_length: int | None = None) -> Backbone:
+    def layer_groups(self) -> list:
+        """:func:`~transferkit.backbones.layers.split_blocks` of the model; for an encoder-decoder, input →
+        output along the path to the decoder's output: embeddings, the encoder's blocks, the decoder's blocks
+        (each stack's final norm joins its last block)."""
+        from .layers import LayerGroup, split_blocks
+
+        if not self.is_encoder_decoder:
+            return split_blocks(self, first="embeddings")
+        encoder = split_blocks(self.model.get_encoder(), first="embeddings")
+        decoder = split_blocks(self.model.get_decoder(), first="decoder.embeddings")
+        for stack, groups in (("encoder", encoder), ("decoder", decoder)):
+            for group in groups:
+                if not group.name.endswith("embeddings"):
+                    group.name = f"{stack}.{group.name}"
+        if len(decoder) > 1 and decoder[0].name == "decoder.embeddings":  # BART's positions: with the first block
+            decoder[1].modules[:0], decoder[1].params[:0] = decoder[0].modules, decoder[0].params
+            decoder = decoder[1:]
+        groups, seen = encoder + decoder, set()
+        for group in groups:  # a tied parameter (the shared embeddings) belongs to the first group holding it
+            group.params = [p for p in group.params if id(p) not in seen and not seen.add(id(p))]
+        rest = [p for p in self.parameters() if id(p) not in seen]  # e.g. T5's ``shared`` when untied
+        if rest:
+            groups[0] = LayerGroup(groups[0].name, groups[0].modules, rest + groups[0].params)
+        return [g for g in groups if g.params]
+
+
+def read_checkpoint_tensor(directory: str | os.PathLike, key: str) -> torch.Tensor | None:
+    """One tensor of a transformers checkpoint directory by name, read with ``safetensors.safe_open`` (the file
+    is memory-mapped; nothing else is loaded). Sharded checkpoints are looked up in
+    ``model.safetensors.index.json``. Returns ``None`` when the key or the safetensors files are missing."""
+    import json
+
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shard = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).get(key)
+        paths = [directory / shard] if shard else []
+    else:
+        paths = [directory / "model.safetensors"]
+    for path in paths:
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                if key in f.keys():
+                    return f.get_tensor(key)
+    return None
+
+
+def _checkpoint_dir(path: str, revision: str | None) -> Path | None:
+    """The local directory holding a loaded checkpoint: the directory itself, or its Hugging Face cache snapshot."""
+    if os.path.isdir(path):
+        return Path(path)
+    try:
+        from transformers.utils import cached_file
+
+        found = cached_file(path, "config.json", revision=revision, local_files_only=True,
+                            _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError, TypeError):
+        return None
+    return Path(found).parent if found else None
+
+
+def from_model(model, tokenizer, *, name: str, pooling: str = "mean", max_length: int | None = None,
+               checkpoint: str | os.PathLike | None = None) -> Backbone:
     """Wrap a transformers base model (``AutoModel``) and its tokenizer as a Backbone.
+
+    ``checkpoint``: the local directory the pretrained weights came from (see :attr:`HFEncoder.checkpoint`).
 
     Raises:
         TokenizerError: the tokenizer holds only special tokens, or has more ids than the embedding rows.
@@ -161,7 +260,7 @@ def from_model(model, tokenizer, *, name: str, pooling: str = "mean", max_length
             positions and max_length > positions):
         raise ConfigError(f"hf:{name}: max_length must be a whole number of tokens from 1 to {limit} (the "
                           f"model's position limit), got {max_length!r}.")
-    encoder = HFEncoder(model)
+    encoder = HFEncoder(model, checkpoint)
     pre = HFTokenizer(tokenizer, int(max_length))
     pool = Pooling(pooling)
     config = {"source": "hf", "name": name, "modality": "text",
@@ -268,7 +367,8 @@ def hf(name: str, *, pooling: str = "mean", max_length: int | None = None, weigh
             f"hf:{name}: could not load it from the Hugging Face Hub or its cache ({type(e).__name__}: {e}). "
             "Check the model id, or pass a local checkpoint directory (offline: set HF_HUB_OFFLINE=1 and use "
             "a cached or local model).") from e
-    return from_model(model, tokenizer, name=name, pooling=pooling, max_length=max_length)
+    checkpoint = _checkpoint_dir(path, revision) if weights == "default" else None
+    return from_model(model, tokenizer, name=name, pooling=pooling, max_length=max_length, checkpoint=checkpoint)
 
 
 def _rebuild(config: dict, directory: Path) -> Backbone:

@@ -1,11 +1,17 @@
-"""Fine-tuning a causal LM on ``(input, target)`` pairs: the loss on target tokens only; perplexity, ROUGE-L, BLEU.
+"""Fine-tuning a generation model on ``(input, target)`` pairs: loss on target tokens only; perplexity, ROUGE-L, BLEU.
 
-Each example becomes ``prompt + target + <eos>`` (the prompt: :meth:`Generation.prompt_ids
+**Causal LM.** Each example becomes ``prompt + target + <eos>`` (the prompt: :meth:`Generation.prompt_ids
 <transferkit.heads.generation.Generation.prompt_ids>`), padded on the right; the labels are ``-100`` on the
 prompt and the padding, so the cross-entropy of next-token prediction counts the target tokens and the end
 token only. A sequence longer than the backbone's window loses the start of its prompt first (the template's
 end and the separator stay), keeping at least half the window for the prompt; a target longer than the rest
 is cut (and then has no end token).
+
+**Encoder-decoder** (T5, Raffel et al. 2020, arXiv:1910.10683; BART, Lewis et al. 2020, arXiv:1910.13461). The
+prompt goes to the encoder (cut to the window by the tokenizer, its special tokens kept); ``target + <eos>`` (cut
+to the window) is the decoder's labels, and its inputs are the labels shifted right, starting at
+``decoder_start_token_id`` (teacher forcing, as ``T5ForConditionalGeneration._shift_right`` makes them); padding
+is ``-100`` in the labels and masked in both attention masks.
 
 Validation streams the loss per target token, next-token accuracy and perplexity (``exp`` of the loss; the
 same :class:`~transferkit.tasks.text.LMMetrics` the causal-LM pretraining reports). With
@@ -13,8 +19,8 @@ same :class:`~transferkit.tasks.text.LMMetrics` the causal-LM pretraining report
 mean over examples of the ``rougeL`` F-measure of Google's ``rouge-score`` package (Lin 2004, "ROUGE: a
 package for automatic evaluation of summaries"; no stemming), ×100 — and corpus **BLEU** from ``sacrebleu``
 (Papineni et al. 2002; Post 2018, arXiv:1804.08771; its default 13a tokenisation), 0–100. Both packages are
-optional (``pip install rouge-score sacrebleu``); generating costs one forward pass per generated token, so it
-is off by default and the best epoch is chosen on the loss.
+optional (``pip install rouge-score sacrebleu``); generating costs one decoder step per generated token (with a
+key/value cache), so it is off by default and the best epoch is chosen on the loss.
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ def _require_text_metrics() -> None:
 
 
 class GenerationTask(nn.Module):
-    """Fine-tune a :class:`~transferkit.TransferModel` with a :class:`~transferkit.heads.generation.Generation` head.
+    """Fine-tune a :class:`~transferkit.TransferModel` with a :class:`~transferkit.heads.generation.Generation` head
+    (a causal LM or an encoder-decoder model).
 
     Args:
         model: the model.
@@ -112,8 +119,12 @@ class GenerationTask(nn.Module):
         return list(zip(raw.inputs, raw.labels))
 
     def encode(self, inputs: Sequence[str], targets: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``input_ids``/``attention_mask`` of ``prompt + target + eos`` (right-padded) and the labels."""
+        """Causal: ``input_ids``/``attention_mask`` of ``prompt + target + eos`` (right-padded) and the labels.
+        Seq2seq: the encoder's ``input_ids``/``attention_mask``, the decoder's ``decoder_input_ids`` /
+        ``decoder_attention_mask`` and the labels ``target + eos``."""
         head = self.model.head
+        if head.kind == "seq2seq":
+            return self._encode_seq2seq(inputs, targets)
         window, eos = head.window, head.eos_id
         rows, labels = [], []
         for prompt, target in zip(head.prompt_ids(inputs), head.target_ids(targets)):
@@ -123,28 +134,52 @@ class GenerationTask(nn.Module):
             target = target[: window - len(prompt)]
             rows.append(prompt + target)
             labels.append([IGNORE] * len(prompt) + target)
-        width = max(len(r) for r in rows)
-        pad = head.tokenizer.pad_token_id
-        pad = eos if pad is None else pad
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
-        label = torch.tensor([y + [IGNORE] * (width - len(y)) for y in labels], dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": label}
+        ids, mask = _pad(rows, head.pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "labels": _pad(labels, IGNORE)[0]}
+
+    def _encode_seq2seq(self, inputs: Sequence[str], targets: Sequence[str]) -> dict[str, torch.Tensor]:
+        head = self.model.head
+        sources = head.prompt_ids(inputs)
+        labels = [(target + [head.eos_id])[: head.window] for target in head.target_ids(targets)]
+        shifted = [[head.start_id] + label[:-1] for label in labels]
+        ids, mask = _pad(sources, head.pad_id)
+        decoder_ids, decoder_mask = _pad(shifted, head.pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoder_ids,
+                "decoder_attention_mask": decoder_mask, "labels": _pad(labels, IGNORE)[0]}
 
     def collate(self, examples: Sequence[tuple[str, str]]) -> dict[str, Any]:
         enc = self.encode([x for x, _ in examples], [y for _, y in examples])
         labels = enc.pop("labels")
-        return {"inputs": enc, "labels": labels, "texts": [x for x, _ in examples],
-                "targets": [y for _, y in examples]}
+        decoder = {"input_ids": enc.pop("decoder_input_ids"), "attention_mask": enc.pop("decoder_attention_mask")} \
+            if "decoder_input_ids" in enc else None
+        batch = {"inputs": enc, "labels": labels, "texts": [x for x, _ in examples],
+                 "targets": [y for _, y in examples]}
+        if decoder is not None:
+            batch["decoder"] = decoder
+        return batch
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        tokens = self.model.backbone(**batch["inputs"]).tokens
-        labels = batch["labels"][:, 1:]  # position t predicts token t + 1
+        head = self.model.head
+        features = self.model.backbone(**batch["inputs"])
+        if "decoder" in batch:  # seq2seq: decoder states at every target position, teacher-forced
+            hidden = head.decode(features.tokens, features.mask, batch["decoder"]["input_ids"],
+                                 batch["decoder"]["attention_mask"])
+            labels = batch["labels"]
+        else:
+            hidden, labels = features.tokens[:, :-1], batch["labels"][:, 1:]  # position t predicts token t + 1
         keep = labels != IGNORE  # only target positions go through the vocabulary-sized output layer
-        return _token_loss(self.model.head.logits(tokens[:, :-1][keep]), labels[keep])
+        return _token_loss(head.logits(hidden[keep]), labels[keep])
 
     def metrics(self) -> "GenerationMetrics":
         return GenerationMetrics(self.model if self.generate_in_eval else None)
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded on the right with ``value`` ``[B, T]`` and their mask (1 on real tokens)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    return ids, mask
 
 
 class GenerationMetrics:

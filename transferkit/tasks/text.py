@@ -431,6 +431,10 @@ class CausalLM(nn.Module):
                  seed: int | None = None) -> str:
         """Continue ``prompt``; returns the prompt and its continuation as text.
 
+        Decoding runs with the base model's key/value cache (:func:`transferkit.heads.decoding.causal_continuations`,
+        the loop the ``generation`` head predicts with); a prompt longer than the window minus ``max_new_tokens``
+        is read from its last tokens, and generation stops at the window.
+
         Args:
             max_new_tokens: tokens to add at most (stops early at the end-of-sequence token).
             temperature: 0 picks the most likely token (greedy); otherwise logits are divided by it and a
@@ -438,31 +442,27 @@ class CausalLM(nn.Module):
             top_k: sample among the ``top_k`` most likely tokens only (Fan et al. 2018, arXiv:1805.04833).
             seed: seeds the sampling generator, so the same seed gives the same text.
         """
+        from transferkit.backbones.base import inference
+        from transferkit.heads.decoding import causal_continuations, greedy
+
         tok = _tokenizer(self.backbone)
-        was_training = self.training
-        self.eval()
-        device = _embeddings(self.backbone).weight.device
-        ids = tok(prompt, return_tensors="pt")["input_ids"].to(device)
-        if ids.shape[1] == 0:
-            start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-            ids = torch.tensor([[start]], device=device)
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed if seed is not None else int(torch.randint(2**31, (1,))))
-        window = self.backbone.preprocessor.max_length
-        for _ in range(max_new_tokens):
-            context = ids[:, -window:]
-            hidden = self.backbone(input_ids=context, attention_mask=torch.ones_like(context)).tokens[:, -1]
-            logits = self.head(hidden).float()
-            if temperature == 0:
-                next_id = logits.argmax(-1, keepdim=True)
-            else:
+        ids = list(tok(prompt)["input_ids"])
+        if not ids:
+            ids = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+        eos = tok.eos_token_id if tok.eos_token_id is not None else -1  # -1: no end token, never produced
+        with inference(self) as device:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed if seed is not None else int(torch.randint(2**31, (1,))))
+
+            def sample(logits: torch.Tensor) -> torch.Tensor:
                 logits = logits / temperature
                 if top_k is not None:
                     kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-            ids = torch.cat([ids, next_id], dim=1)
-            if tok.eos_token_id is not None and int(next_id) == tok.eos_token_id:
-                break
-        self.train(was_training)
-        return tok.decode(ids[0], skip_special_tokens=True)
+                return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+            new = causal_continuations(self.backbone.encoder.model, self.head, [ids], max_new_tokens=max_new_tokens,
+                                       eos_id=eos, pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+                                       window=self.backbone.preprocessor.max_length,
+                                       pick=greedy if temperature == 0 else sample)[0]
+        return tok.decode(ids + new, skip_special_tokens=True)
