@@ -23,7 +23,7 @@ The output layer is what the model's own ``...ForCausalLM`` / ``...ForConditiona
   their ``final_logits_bias`` (read from the checkpoint and kept as a buffer of the head).
 
 ``TransferModel.predict`` returns the generated text (the continuation only), decoded greedily with a key/value
-cache (:mod:`transferkit.heads.decoding`). An encoder (BERT) or a word-vector backbone is refused with a
+cache (:mod:`transferkit.tasks.decoding`). An encoder (BERT) or a word-vector backbone is refused with a
 :class:`~transferkit.errors.ConfigError` naming what can generate. The loss and the metrics (perplexity; ROUGE-L
 and BLEU on generated text when asked) are in :mod:`transferkit.tasks.generation`.
 """
@@ -299,9 +299,9 @@ class Generation(nn.Module):
 
         Causal: left-padded prompts and the base model's key/value cache; a prompt longer than the window minus
         ``max_new_tokens`` keeps its last tokens. Seq2seq: the encoder runs once, the decoder one token per step
-        with its cache. ``use_cache=False`` runs the plain reference loops (:mod:`transferkit.heads.decoding`).
+        with its cache. ``use_cache=False`` runs the plain reference loops (:mod:`transferkit.tasks.decoding`).
         """
-        from transferkit.heads.decoding import causal_continuations, seq2seq_continuations
+        from transferkit.tasks.decoding import causal_continuations, seq2seq_continuations
 
         if self.kind != "seq2seq":
             return causal_continuations(self.model, self.logits, prompts, max_new_tokens=self.max_new_tokens,

@@ -431,7 +431,7 @@ class CausalLM(nn.Module):
                  seed: int | None = None) -> str:
         """Continue ``prompt``; returns the prompt and its continuation as text.
 
-        Decoding runs with the base model's key/value cache (:func:`transferkit.heads.decoding.causal_continuations`,
+        Decoding runs with the base model's key/value cache (:func:`transferkit.tasks.decoding.causal_continuations`,
         the loop the ``generation`` head predicts with); a prompt longer than the window minus ``max_new_tokens``
         is read from its last tokens, and generation stops at the window.
 
@@ -443,7 +443,7 @@ class CausalLM(nn.Module):
             seed: seeds the sampling generator, so the same seed gives the same text.
         """
         from transferkit.backbones.base import inference
-        from transferkit.heads.decoding import causal_continuations, greedy
+        from .decoding import causal_continuations, greedy
 
         tok = _tokenizer(self.backbone)
         ids = list(tok(prompt)["input_ids"])
