@@ -2,7 +2,9 @@
 
 A loss that falls on a tiny learnable set, predictions whose count matches the inputs, and save → load giving
 identical predictions. A head registered without a case here fails the guard test (as every backbone source
-must have a tiny instance in test_backbones.py).
+must have a tiny instance in test_backbones.py). The same cases run the trainer's promises in
+test_heads_resume.py (exact resume after a stop mid-epoch, accumulation, DDP) and every registered strategy in
+test_strategies.py, so a new head is held to them as soon as it has its case here.
 """
 
 from __future__ import annotations

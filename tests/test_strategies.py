@@ -370,3 +370,82 @@ def test_strategies_through_the_trainer(assets):
         assert history[-1]["train_loss"] < history[0]["train_loss"]
         # Afterwards the backbone is as it was before fit: trainable.
         assert all(p.requires_grad for p in model.backbone.parameters())
+
+
+# --- every strategy for every head ------------------------------------------------------------------
+
+def _head_cases():
+    from test_heads_conformance import CASES
+
+    return CASES
+
+
+# One backbone family per head (the first of its conformance case): strategies act on the backbone's layer
+# groups and the task's hooks, so what differs between heads is which parameters are the head's and
+# whether the task takes class weights.
+HEAD_TYPES = list(_head_cases())
+CLASS_WEIGHTED = {"classification", "pair"}  # one class per example: class-balanced weights apply
+
+
+def _strategy_params():
+    params = []
+    for head in HEAD_TYPES:
+        for name in st.list_strategies():
+            params.append(pytest.param(head, name, id=f"{head}-{name}"))
+    return params
+
+
+@pytest.mark.parametrize("head_type, name", _strategy_params())
+def test_every_strategy_trains_every_head(head_type, name, assets):
+    """Each registered strategy trains each head; the loss falls. A class-balanced strategy on a task without
+    class weights, and a head-only epoch of a head without parameters of its own, are refused when fit starts."""
+    from test_heads_conformance import backbone
+
+    make_head, families, _ = _head_cases()[head_type]
+    family, data = next(iter(families.items()))
+    data = data()[:24]
+    torch.manual_seed(0)
+    model = tk.TransferModel(backbone(family, assets), make_head())
+    strategy = st.get_strategy(name)
+    trainer = tk.Trainer(epochs=3, batch_size=8, lr=0.05 if family == "word_vectors" else 3e-3, head_lr=0.05,
+                         strategy=name, progress=False)
+    if strategy.balanced_epochs and head_type not in CLASS_WEIGHTED:
+        with pytest.raises(ConfigError, match=f"strategy {name!r} needs a classification task"):
+            trainer.fit(model, data)
+        return
+    if getattr(model.head, "tie_to_embeddings", False) and strategy.schedule(1) == 0:  # no parameters of its own
+        with pytest.raises(ConfigError, match=r"epoch 1 of strategy .* trains the head alone.*tie_to_embeddings=False"):
+            trainer.fit(model, data)
+        assert all(p.requires_grad for p in model.backbone.parameters())  # left as it was given
+        return
+    history = trainer.fit(model, data)
+    assert history[-1]["train_loss"] < history[0]["train_loss"], history
+    assert all(p.requires_grad for p in model.backbone.parameters())  # given back as fit found it
+
+
+def test_a_linear_probe_trains_an_untied_generation_head(assets):
+    from test_heads_conformance import backbone, continuations
+
+    torch.manual_seed(0)
+    model = tk.TransferModel(backbone("gpt2", assets), tk.heads.Generation(max_new_tokens=4, tie_to_embeddings=False))
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    history = tk.Trainer(epochs=3, batch_size=8, lr=0.05, strategy="linear_probe", progress=False).fit(
+        model, continuations()[:24])
+    assert history[-1]["train_loss"] < history[0]["train_loss"], history
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in before.items())
+
+
+def test_accumulation_under_class_balanced_weights_makes_the_update_of_the_whole_batch(assets):
+    from test_heads_conformance import classes
+
+    data = [row for i, row in enumerate(classes()) if row[1] == "animals" or i % 4 == 0][:24]  # imbalanced
+    results = []
+    for accumulate in (1, 4):
+        torch.manual_seed(0)
+        model = tk.TransferModel(tk.load_backbone(f"glove:{assets['glove']}"),
+                                 tk.heads.Classification(labels=["animals", "markets", "sport"]))
+        tk.Trainer(epochs=1, batch_size=8, accumulate=accumulate, lr=0.1, optimizer="sgd", strategy="lp_ft_balanced",
+                   progress=False).fit(model, data)
+        results.append({k: v.clone() for k, v in model.state_dict().items()})
+    for k in results[0]:
+        torch.testing.assert_close(results[1][k], results[0][k], rtol=1e-4, atol=1e-6)

@@ -115,11 +115,8 @@ class ClassificationTask(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = self.model(**batch["inputs"])["logits"]
-        weight = None
-        if self.class_weights is not None and self.training:
-            weight = torch.as_tensor(self.class_weights, dtype=torch.float32, device=logits.device)
-        loss = F.cross_entropy(logits.float(), batch["labels"], weight=weight, label_smoothing=self.label_smoothing)
-        return {"loss": loss, "logits": logits}
+        weights = self.class_weights if self.training else None
+        return {**cross_entropy(logits, batch["labels"], weights, self.label_smoothing), "logits": logits}
 
     def metrics(self) -> "ClassificationMetrics":
         head = self.model.head
@@ -135,14 +132,39 @@ class ClassificationTask(nn.Module):
         Raises:
             DataError: ``examples`` are not ``(input, class id)`` pairs, as :meth:`examples` makes.
         """
-        try:
-            labels = [operator.index(y) for _, y in examples]
-        except (TypeError, ValueError) as e:
-            raise DataError("class counts need (input, class id) examples, as ClassificationTask.examples "
-                            "makes; pass the data through task.examples(data) first.") from e
-        num_classes = getattr(self.model.head, "num_classes", None) or max(labels, default=-1) + 1
-        counts = Counter(labels)
-        return [counts.get(c, 0) for c in range(num_classes)]
+        return count_classes([e[-1] for e in examples], getattr(self.model.head, "num_classes", None),
+                             type(self).__name__)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_weights: Any = None,
+                  label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+    """The cross-entropy of class-id ``labels``, optionally class-weighted, with what accumulation needs.
+
+    A weighted mean divides by the batch's sum of label weights (``torch.nn.functional.cross_entropy``), so that
+    sum is returned as ``num_items``: the Trainer then weighs micro-batches (accumulation, DDP) so that they make
+    the update of the large batch. Without weights the mean is over examples (``num_items`` = batch size).
+    """
+    weight = None
+    if class_weights is not None:
+        weight = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
+    loss = F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing)
+    items = weight[labels].sum() if weight is not None else len(labels)
+    return {"loss": loss, "num_items": items}
+
+
+def count_classes(labels: Sequence[Any], num_classes: int | None, task: str) -> list[int]:
+    """Examples per class id (for class-balanced weights), one count per class ``0..num_classes-1``.
+
+    Raises:
+        DataError: a label is not a class id (the examples were not made by the task's ``examples``).
+    """
+    try:
+        ids = [operator.index(y) for y in labels]
+    except (TypeError, ValueError) as e:
+        raise DataError(f"class counts need examples whose last part is a class id, as {task}.examples makes; pass "
+                        "the data through task.examples(data) first.") from e
+    counts = Counter(ids)
+    return [counts.get(c, 0) for c in range(num_classes or max(ids, default=-1) + 1)]
 
 
 class ClassificationMetrics:

@@ -31,9 +31,9 @@ from transferkit.data import (
 from transferkit.data.common import first, short
 from transferkit.data.labels import clean_labels
 from transferkit.data.targets import number
-from transferkit.errors import DataError, InputError, LabelError
+from transferkit.errors import ConfigError, DataError, InputError, LabelError
 
-from .classification import ClassificationMetrics
+from .classification import ClassificationMetrics, count_classes, cross_entropy
 from .regression import RegressionMetrics
 
 
@@ -136,6 +136,7 @@ class PairTask(nn.Module):
         self.text_b_column = text_b_column or head.text_b_column
         self.label_column = label_column or (head.target if head.regression else "label")
         self.label_smoothing = label_smoothing
+        self.class_weights = None  # set per epoch by the class-balanced strategies (classification only)
         self.default_metric = "rmse" if head.regression else "accuracy"
 
     def examples(self, data: Any) -> list[PairExample]:
@@ -195,10 +196,26 @@ class PairTask(nn.Module):
         logits = self.model(**batch["inputs"])["logits"].float()
         head = self.model.head
         if not head.regression:
-            loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
-            return {"loss": loss, "logits": logits}
+            weights = self.class_weights if self.training else None
+            return {**cross_entropy(logits, batch["labels"], weights, self.label_smoothing), "logits": logits}
         loss = F.mse_loss(logits[:, 0], (batch["labels"] - head.mean) / head.std)
         return {"loss": loss, "logits": logits, "predictions": logits * head.std + head.mean}
+
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Weight the training loss of a pair classifier by ``weights`` (``[num_classes]``); ``None``: all alike."""
+        self.class_weights = weights
+
+    def class_counts(self, examples: Sequence[PairExample]) -> list[int]:
+        """Training pairs per class id (the class-balanced strategies' hook).
+
+        Raises:
+            ConfigError: a score (regression) pair head, which has no classes to balance.
+        """
+        head = self.model.head
+        if head.regression:
+            raise ConfigError(f"a Pair head that predicts a score ({head.target!r}) has no classes to balance: choose "
+                              "strategy 'lp_ft' rather than 'lp_ft_balanced'.")
+        return count_classes([e[2] for e in examples], head.num_classes, type(self).__name__)
 
     def metrics(self) -> "ClassificationMetrics | _ScoreMetrics":
         head = self.model.head

@@ -318,8 +318,13 @@ class QuestionAnsweringTask(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = self.model(**batch["inputs"])["logits"].float()
-        loss = (F.cross_entropy(logits[..., 0], batch["start_positions"]) +
-                F.cross_entropy(logits[..., 1], batch["end_positions"])) / 2
+        # The softmax runs over each window's own tokens only: padding (to the longest window of the batch) gets no
+        # probability, so a window's loss does not depend on what else is in its batch (accumulation and DDP make
+        # the updates of one large batch).
+        pad = batch["inputs"]["attention_mask"] == 0
+        masked = logits.masked_fill(pad[..., None], torch.finfo(logits.dtype).min)
+        loss = (F.cross_entropy(masked[..., 0], batch["start_positions"]) +
+                F.cross_entropy(masked[..., 1], batch["end_positions"])) / 2
         return {"loss": loss, "logits": logits, "num_items": len(logits)}
 
     def metrics(self) -> "QAMetrics":

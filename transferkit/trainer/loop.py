@@ -402,8 +402,11 @@ class Trainer:
             # registers its gradient hooks at construction.
             from torch.nn.parallel import DistributedDataParallel
 
+            # find_unused_parameters: a task may leave trainable parameters out of its loss (BERT's pooler
+            # under a token-level head); without it DDP waits for their gradients and fails at the next step.
             dev = next(task.parameters()).device
-            forward = DistributedDataParallel(task, device_ids=[dev] if dev.type == "cuda" else None)
+            forward = DistributedDataParallel(task, device_ids=[dev] if dev.type == "cuda" else None,
+                                              find_unused_parameters=True)
         if self.compile:
             backend = self.compile if isinstance(self.compile, str) else "inductor"
             compiled = torch.compile(forward, backend=backend)

@@ -142,13 +142,27 @@ class Strategy:
         self.weights = class_balanced_weights(task.class_counts(train_examples), self.beta)
 
     def apply(self, task: nn.Module, epoch: int) -> None:
-        """Set what learns in ``epoch`` (1-based): trainable top groups and the loss's class weights."""
+        """Set what learns in ``epoch`` (1-based): trainable top groups and the loss's class weights.
+
+        Raises:
+            ConfigError: nothing in the task would learn in ``epoch`` (say a linear probe of a head that has
+                no parameters of its own, its output layer tied to the backbone's embeddings).
+        """
         backbone = find_backbone(task)
         if backbone is not None:
             top, limit = self.schedule(epoch), self._start_top
             if limit is not None:
                 top = limit if top is None else min(top, limit)
             backbone.set_trainable(top)
+            if not any(p.requires_grad for p in task.parameters()):
+                backbone.set_trainable(self._start_top)  # the model as the user gave it
+                stage = {0: "the head alone", None: "every layer group"}.get(top, f"the top {top} layer group(s)")
+                raise ConfigError(
+                    f"epoch {epoch} of strategy {self.name!r} trains {stage}, and nothing in {type(task).__name__} "
+                    "would learn: the head has no trainable parameters of its own (its output layer may be tied to "
+                    "the backbone's embeddings, as Generation(tie_to_embeddings=True) is) and the rest is frozen. "
+                    "Choose strategy 'full' or 'llrd', give the head its own output layer "
+                    "(Generation(tie_to_embeddings=False)), or unfreeze the backbone.")
         if self.balanced_epochs:
             if self.weights is None:
                 raise RuntimeError(f"strategy {self.name!r}: call prepare(task, examples) before apply().")
