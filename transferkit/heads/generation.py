@@ -281,14 +281,29 @@ class Generation(nn.Module):
         texts = [self.prompt_template.format(input=x) for x in inputs]
         if self.kind == "seq2seq":
             return [list(row) for row in tok(texts, truncation=True, max_length=self.window)["input_ids"]]
-        ids = tok([t + (self.separator or "") for t in texts])["input_ids"]
+        ids = tok([t + self._separator_parts[0] for t in texts])["input_ids"]
         if self.separator is None:
             ids = [list(row) + [self.eos_id] for row in ids]
         return [list(row) for row in ids]
 
+    @property
+    def _separator_parts(self) -> tuple[str, str]:
+        """The separator as (what ends the prompt, the spaces that start the target).
+
+        Byte-level BPE tokenizers (GPT-2, SmolLM2) write a word's leading space into the word's token (``'ĠBank'``);
+        a prompt ending in ``" "`` tokenized apart from its target would give a lone ``'Ġ'`` and then ``'Bank'``,
+        which running text never has. So trailing spaces of the separator go to the front of the target, and the
+        prompt, the target and ``prompt + separator + target`` tokenize alike."""
+        sep = self.separator or ""
+        text = sep.rstrip(" ") if self.kind != "seq2seq" else sep
+        return text, sep[len(text):]
+
     def target_ids(self, targets: Sequence[str]) -> list[list[int]]:
-        """Token ids of each target, without special tokens (the end token is added by the task)."""
-        return [list(row) for row in self.tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
+        """Token ids of each target (after the separator's trailing spaces), without special tokens (the end
+        token is added by the task)."""
+        lead = self._separator_parts[1] if self.kind != "seq2seq" else ""
+        rows = self.tokenizer([lead + t for t in targets], add_special_tokens=False)["input_ids"]
+        return [list(row) for row in rows]
 
     # --- generating --------------------------------------------------------------------------------------
 
