@@ -79,7 +79,7 @@ CASES: dict[str, tuple[Callable, dict[str, Callable], Callable]] = {
                              lambda data: [w for w, _ in data[:6]]),
     "pair": (lambda: tk.heads.Pair(), {"word_vectors": pairs, "hf": pairs},
              lambda data: [(a, b) for a, b, _ in data[:6]]),
-    "generation": (lambda: tk.heads.Generation(max_new_tokens=6), {"gpt2": continuations},
+    "generation": (lambda: tk.heads.Generation(max_new_tokens=6), {"gpt2": continuations, "t5": continuations},
                    lambda data: [x for x, _ in data[:6]]),
     "qa": (lambda: tk.heads.QuestionAnswering(stride=8, max_length=32), {"hf": questions},
            lambda data: [{"question": q["question"], "context": q["context"]} for q in data[:6]]),
@@ -95,6 +95,15 @@ def backbone(family: str, assets):
     if family == "gpt2":  # a causal decoder, for generation
         return tk.load_backbone("scratch:gpt2", corpus=assets["corpus"], vocab_size=200, hidden=32, layers=1,
                                 heads=2, max_length=64)
+    if family == "t5":  # an encoder-decoder, for generation
+        from transformers import AutoTokenizer, T5Config, T5Model
+
+        from transferkit.backbones.hf import from_model
+
+        tok = AutoTokenizer.from_pretrained(assets["bert"])
+        config = T5Config(vocab_size=len(tok), d_model=32, d_kv=16, d_ff=48, num_layers=1, num_heads=2,
+                          dropout_rate=0.0, pad_token_id=0, eos_token_id=3, decoder_start_token_id=0)
+        return from_model(T5Model(config), tok, name="tiny-t5")
     return tk.load_backbone("timm:test_resnet", weights=None, image_size=24)
 
 
