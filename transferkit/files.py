@@ -125,6 +125,15 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     return write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def read_json_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (a record the library wrote), or ``None`` when it is missing or unreadable."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 # ------------------------------------------------------------------------------------- what a path is
 
 def is_model_dir(path: str | os.PathLike) -> bool:

@@ -18,7 +18,6 @@ directory is located; its code is never imported. Without the package the name f
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -88,11 +87,9 @@ def dequantize(package_dir: str | os.PathLike, gguf_file: str = GGUF_FILE) -> tu
 
 
 def _read_record(directory: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads((directory / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    from transferkit.files import read_json_record
+
+    return read_json_record(directory / RECORD)
 
 
 def _is_current(directory: Path, wanted: dict[str, Any]) -> bool:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from transferkit.files import write_json_atomic  # noqa: F401  (the zoo's JSON writer is the library's one)
+from transferkit.files import read_json_record, write_json_atomic  # noqa: F401  (the library's JSON record helpers)
 from transferkit.zoo.settings import zoo_home
 
 RECORD = "zoo-record.json"
@@ -81,8 +80,4 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
 
 def read_record(directory: Path) -> dict[str, Any] | None:
     """The install record of an entry directory, or None when it is missing or unreadable."""
-    try:
-        record = json.loads((directory / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return read_json_record(directory / RECORD)
