@@ -259,22 +259,3 @@ def test_config_without_crf_loads_as_before():
     plain = tk.TransferModel(word_vectors(), TokenClassification(["PER"]))
     assert not any("crf" in k for k in plain.state_dict())
 
-
-def test_cli_finetune_ner_with_crf(assets, tmp_path, capsys):
-    import json
-
-    from transferkit.cli import main
-
-    lines = []
-    for _ in range(8):
-        lines += ["the O", "cat B-ANI", "sat O", "", "stocks B-FIN", "fell O", "", "a O", "dog B-ANI", "ran O", ""]
-    (tmp_path / "train.conll").write_text("\n".join(lines) + "\n")
-    out = tmp_path / "m"
-    assert main(["finetune", "--task", "ner", "--crf", "--backbone", f"glove:{assets['glove']}", "--data",
-                 str(tmp_path / "train.conll"), "--output", str(out), "--epochs", "8", "--lr", "0.05",
-                 "--head-lr", "0.05", "--no-progress"]) == 0
-    assert "tagged sentences, BIO + CRF" in capsys.readouterr().out
-    assert json.loads((out / "config.json").read_text())["head"]["crf"] is True
-    assert main(["predict", "--model", str(out), "the cat sat"]) == 0
-    record = json.loads(capsys.readouterr().out)
-    assert [e["entity"] for e in record["entities"]] == ["ANI"]

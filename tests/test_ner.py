@@ -284,7 +284,8 @@ def test_config_round_trip_and_alias():
     assert tk.TransferModel(word_vectors(), again).head.layers[-1].out_features == 5
 
 
-def test_cli_finetune_predict_ner_and_mean_max_word_vectors(assets, tmp_path, capsys):
+@pytest.mark.parametrize("crf", [False, True], ids=["softmax", "crf"])
+def test_cli_finetune_predict_ner_and_mean_max_word_vectors(assets, tmp_path, capsys, crf):
     import json
 
     from transferkit.cli import main
@@ -296,9 +297,10 @@ def test_cli_finetune_predict_ner_and_mean_max_word_vectors(assets, tmp_path, ca
     out = tmp_path / "m"
     assert main(["finetune", "--task", "ner", "--backbone", f"glove:{assets['glove']}", "--option", "pooling=mean+max",
                  "--data", str(tmp_path / "train.conll"), "--output", str(out), "--epochs", "8", "--lr", "0.05",
-                 "--head-lr", "0.05", "--no-progress"]) == 0
+                 "--head-lr", "0.05", "--no-progress"] + (["--crf"] if crf else [])) == 0
     printed = capsys.readouterr().out
-    assert "tagged sentences, BIO" in printed and "val_f1=" in printed
+    assert ("tagged sentences, BIO + CRF" if crf else "tagged sentences, BIO") in printed and "val_f1=" in printed
+    assert json.loads((out / "config.json").read_text())["head"]["crf"] is crf
     assert main(["predict", "--model", str(out), "the cat sat"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["input"] == "the cat sat" and [e["entity"] for e in record["entities"]] == ["ANI"]
