@@ -301,7 +301,7 @@ class Generation(nn.Module):
     def target_ids(self, targets: Sequence[str]) -> list[list[int]]:
         """Token ids of each target (after the separator's trailing spaces), without special tokens (the end
         token is added by the task)."""
-        lead = self._separator_parts[1] if self.kind != "seq2seq" else ""
+        lead = self._separator_parts[1]  # "" for seq2seq, whose decoder starts at decoder_start_token_id
         rows = self.tokenizer([lead + t for t in targets], add_special_tokens=False)["input_ids"]
         return [list(row) for row in rows]
 
