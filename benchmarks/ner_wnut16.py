@@ -137,13 +137,13 @@ def tk_model(spec: str, types: list[str], max_length: int, seed: int, trainable:
 
 
 def tk_fit(model, train: list, val: list | None, args, epochs: int, lr: float, head_lr: float | None = None,
-           strategy: str = "full") -> tuple[list[dict], list[float]]:
+           strategy: str = "full", group_by_length: bool = False) -> tuple[list[dict], list[float]]:
     """Train; returns the history and the training seconds of each epoch (evaluation excluded)."""
     import transferkit as tk
 
     trainer = tk.Trainer(epochs=epochs, batch_size=args.batch_size, lr=lr, head_lr=head_lr, weight_decay=0.01,
                          schedule="linear", warmup=0, max_grad_norm=1.0, strategy=strategy, seed=args.seed,
-                         device=args.device, eval_batch_size=64, progress=False)
+                         device=args.device, eval_batch_size=64, progress=False, group_by_length=group_by_length)
     history = trainer.fit(model, train, val)
     return history, [r["seconds"] for r in history]  # Run.seconds(): taken before the epoch's evaluation
 
@@ -195,7 +195,7 @@ class Strip:
         return self.collator([{k: v for k, v in x.items() if k != "_words"} for x in items])
 
 
-def hf_run(train: list, test: list, labels: list[str], args, epochs: int, lr: float):
+def hf_run(train: list, test: list, labels: list[str], args, epochs: int, lr: float, group_by_length: bool = False):
     """Fine-tune with transformers' Trainer; returns (per-epoch training seconds, test first-sub-token rows)."""
     import transformers
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
@@ -225,10 +225,15 @@ def hf_run(train: list, test: list, labels: list[str], args, epochs: int, lr: fl
             per_device_eval_batch_size=64, learning_rate=lr, weight_decay=0.01, lr_scheduler_type="linear",
             warmup_steps=0, max_grad_norm=1.0, optim="adamw_torch_fused", logging_strategy="no",
             save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
-            use_cpu=args.device == "cpu", dataloader_num_workers=0, seed=args.seed, remove_unused_columns=False)
+            use_cpu=args.device == "cpu", dataloader_num_workers=0, seed=args.seed, remove_unused_columns=False,
+            # transformers 5's name for group_by_length=True (LengthGroupedSampler)
+            train_sampling_strategy="group_by_length" if group_by_length else "random")
         trainer = Trainer(model=model, args=hf_args, train_dataset=train_items,
                           data_collator=Strip(DataCollatorForTokenClassification(tokenizer)), callbacks=[Clock()])
         trainer.train()
+        # transformers 5 also length-groups the *evaluation* order under train_sampling_strategy="group_by_length",
+        # and predict() then returns rows in that order, not the data's: predict in order.
+        trainer.args.train_sampling_strategy = "random"
         logits = trainer.predict(test_items).predictions  # [N, T, L], padded across batches
     seconds = [b - a for a, b in zip(marks[::2], marks[1::2])]
     rows = []
@@ -294,6 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--group-by-length", action="store_true",
+                        help="both libraries batch tweets of similar length together (transferkit's "
+                             "Trainer(group_by_length=True), HF's LengthGroupedSampler)")
     parser.add_argument("--skip-glove", action="store_true")
     parser.add_argument("--skip-crf", action="store_true")
     parser.add_argument("--json", help="save the figures here")
@@ -325,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
     choice = None
     for lr in args.lrs:
         model = tk_model(MINILM, types, args.max_length, args.seed)
-        history, _ = tk_fit(model, train, val, args, args.max_epochs, lr)
+        history, _ = tk_fit(model, train, val, args, args.max_epochs, lr, group_by_length=args.group_by_length)
         epoch, f1 = best_epoch(history)
         curve = ", ".join(f"{r['val_f1']:.3f}" for r in history)
         validation.append({"system": "MiniLM", "setting": f"lr {lr:g}", "val_f1_by_epoch": curve,
@@ -337,12 +345,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. Final MiniLM runs, transferkit then HF, same settings; test touched once each.
     model = tk_model(MINILM, types, args.max_length, args.seed)
-    _, tk_seconds = tk_fit(model, train, None, args, epochs, lr)
+    _, tk_seconds = tk_fit(model, train, None, args, epochs, lr, group_by_length=args.group_by_length)
     own = tk.Trainer(device=args.device, eval_batch_size=64, progress=False).evaluate(model, test)
     head = model.head
     tk_logits = tk_rows(model, test)
     tk_viterbi = decode(tk_logits, head.labels, head.decode)
-    hf_seconds, hf_logits = hf_run(train, test, head.labels, args, epochs, lr)
+    hf_seconds, hf_logits = hf_run(train, test, head.labels, args, epochs, lr, args.group_by_length)
     setting = f"lr {lr:g}, {epochs} epoch(s)"
     results["transferkit MiniLM"] = {**scores(gold, tk_viterbi), "setting": setting, "decoding": "Viterbi",
                                      "seconds_per_epoch": tk_seconds, "own_metric": own}

@@ -13,7 +13,8 @@ better, and the task names the metric that selects the best epoch when the user 
         def metrics(self): return MyMetrics()  # update(batch, outputs), compute(), higher_is_better
 
 Optional hooks, found by ``hasattr`` and documented below: class weights for the class-balanced
-strategies (:class:`ClassWeighted`); on the metrics object, what a custom metric receives, a JSON state
+strategies (:class:`ClassWeighted`); the cost of each example for ``Trainer(group_by_length=True)``
+(:class:`LengthAware`, else :func:`example_lengths` counts the tokens of its batch); on the metrics object, what a custom metric receives, a JSON state
 that survives a resume and the task's own report files (:class:`ReportingMetrics`).
 """
 
@@ -22,7 +23,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
+
+from transferkit.errors import ConfigError
 
 
 @runtime_checkable
@@ -110,6 +114,43 @@ class ClassWeighted(Protocol):
 
     def set_class_weights(self, weights: torch.Tensor | None) -> None:
         """Weight the training loss by ``weights`` (``[num_classes]``) from now on; ``None``: equal weights."""
+
+
+@runtime_checkable
+class LengthAware(Protocol):
+    """Optional hook of a task that knows what each example costs (for ``Trainer(group_by_length=True)``)."""
+
+    def lengths(self, examples: Sequence[Any]) -> Sequence[int]:
+        """One length per example of ``examples`` (what :meth:`Task.examples` returned), e.g. its tokens."""
+
+
+def example_lengths(task: Any, examples: Sequence[Any]) -> np.ndarray:
+    """The length of each example: ``task.lengths(examples)`` where the task has it, else the tokens of the
+    example's own batch (``collate([example])``): every ``attention_mask`` in it summed, so a sentence pair
+    counts both texts, a long QA context all its windows and a seq2seq example its source and target.
+
+    Raises:
+        ConfigError: the task's batches hold no ``attention_mask`` (images, say): nothing to group by.
+    """
+    if isinstance(task, LengthAware):
+        return np.asarray(task.lengths(examples), dtype=np.int64)
+
+    def tokens(batch: Any) -> int | None:
+        if isinstance(batch, dict):
+            found = [tokens(v) if k != "attention_mask" else int(v.sum()) for k, v in batch.items()]
+            found = [n for n in found if n is not None]
+            return sum(found) if found else None
+        return None
+
+    lengths = []
+    for example in examples:
+        n = tokens(task.collate([example]))
+        if n is None:
+            raise ConfigError(f"group_by_length needs examples with a length, and the batches of "
+                              f"{type(task).__name__} hold no attention_mask (it is for text tasks); "
+                              "train without group_by_length.")
+        lengths.append(n)
+    return np.asarray(lengths, dtype=np.int64)
 
 
 def metric_directions(metrics: Any) -> dict[str, bool]:

@@ -64,6 +64,32 @@ def permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def grouped_permutation(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                        mega: int = 50) -> np.ndarray:
+    """The order of epoch ``epoch`` with examples of similar length together (less padding per batch).
+
+    A shuffle (:func:`permutation`) is cut into mega-batches of ``mega * batch_size`` examples, each sorted
+    longest first and cut into batches; the full batches are then shuffled, the one holding the longest
+    example first (so running out of memory shows in the first step, not hours in), and the smaller last
+    batch stays last. Like :func:`permutation`, the same order for a given (seed, epoch, lengths), so
+    exact resume and every process under DDP agree.
+    """
+    rng = np.random.default_rng([seed, epoch, 1])
+    order = permutation(len(lengths), seed, epoch)
+    size = mega * batch_size
+    order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
+                            for chunk in np.split(order, range(size, len(order), size))])
+    full = len(order) // batch_size
+    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(full)]
+    if not batches:
+        return order
+    rest = order[full * batch_size:]
+    shuffled = rng.permutation(len(batches))
+    longest = int(np.argmax([lengths[b].max() for b in batches]))
+    shuffled = [longest] + [int(i) for i in shuffled if i != longest]
+    return np.concatenate([batches[i] for i in shuffled] + [rest])
+
+
 def micro_batches(order: np.ndarray, batch_size: int, accumulate: int, world: World,
                   start_step: int = 0) -> Iterator[list[list[int]]]:
     """For each optimiser step from ``start_step``: this process's micro-batches (lists of indices).

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from transferkit.errors import CheckpointError, DataError
+from transferkit.errors import CheckpointError, ConfigError, DataError
 
 from . import checkpoint, distributed
 from .optim import build_optimizer, build_scheduler
@@ -92,6 +92,11 @@ class Trainer:
             takes ``cuda:LOCAL_RANK``).
         eval_batch_size: batch size for evaluation.
         num_workers: DataLoader worker processes (preprocessing runs there).
+        group_by_length: batch examples of similar length together (text tasks), so batches carry less
+            padding and an epoch runs faster; the order is still a new shuffle every epoch (mega-batches
+            of 50 batches sorted by length, the batches shuffled, the longest first), repeatable for a
+            seed, so exact resume and DDP hold. The lengths come from the task (:mod:`..tasks.protocol`).
+            Transformers' ``group_by_length``; off by default, as there.
         output_dir: where checkpoints, ``metrics.csv`` and the report go; ``None`` writes nothing.
         save_every: also checkpoint every this many optimiser steps (a checkpoint is written at the end
             of every epoch when ``output_dir`` is set).
@@ -129,6 +134,7 @@ class Trainer:
     device: str | None = None
     eval_batch_size: int = 64
     num_workers: int = 0
+    group_by_length: bool = False
     output_dir: str | None = None
     save_every: int | None = None
     loggers: tuple[str, ...] = ("csv", "report")
@@ -183,6 +189,7 @@ class Trainer:
         val_examples = task.examples(val) if val is not None else None
         if hasattr(train_examples, "__len__") and len(train_examples) == 0:
             raise DataError("the training data is empty.")
+        lengths = self._lengths(task, train_examples)
         custom = custom_metrics(self.metrics)
         # The selection metric and its direction, from the task (checked even without validation data
         # when the user named one, so a typo is never silent).
@@ -233,7 +240,7 @@ class Trainer:
             # Once the data is at the saved position, the random state is restored too.
             ready = (lambda path=saved, state=state: checkpoint.restore_rng(path, state)) if saved else None
             saved = None
-            data = self._steps(task, train_examples, epoch, run.epoch_step, world, device, ready)
+            data = self._steps(task, train_examples, epoch, run.epoch_step, world, device, ready, lengths)
             for batches in self._bar(data, f"epoch {epoch}/{self.epochs}", world, steps, run.epoch_step):
                 lr = self._lr(optimizer)  # the rate this step used
                 loss, items = self._step(forward, batches, optimizer, precision, task, world, device, channels_last)
@@ -327,8 +334,9 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------------------
 
     def _steps(self, task, examples, epoch: int, start: int, world: distributed.World, device: torch.device,
-               ready: Callable | None = None) -> Iterator[list]:
-        """This process's micro-batches, a list per optimiser step, from step ``start`` of ``epoch``.
+               ready: Callable | None = None, lengths: np.ndarray | None = None) -> Iterator[list]:
+        """This process's micro-batches, a list per optimiser step, from step ``start`` of ``epoch``
+        (grouped by ``lengths`` when given).
 
         ``ready()`` is called once the data is positioned, before the first batch is collated.
         """
@@ -350,7 +358,8 @@ class Trainer:
                 if not group or (world.size > 1 and len(group) < per):
                     return
                 yield group[world.rank * self.accumulate:(world.rank + 1) * self.accumulate]
-        order = distributed.permutation(len(examples), self.seed, epoch)
+        order = distributed.permutation(len(examples), self.seed, epoch) if lengths is None else \
+            distributed.grouped_permutation(lengths, self.batch_size, self.seed, epoch)
         plan = list(distributed.micro_batches(order, self.batch_size, self.accumulate, world, start))
         loader = DataLoader(examples, batch_sampler=[m for step in plan for m in step], collate_fn=task.collate,
                             num_workers=self.num_workers, pin_memory=pin, generator=generator)
@@ -358,6 +367,17 @@ class Trainer:
         ready()
         for micros in plan:
             yield [next(it) for _ in micros]
+
+    def _lengths(self, task, examples) -> np.ndarray | None:
+        """Each training example's length when ``group_by_length`` is on (see :mod:`..tasks.protocol`)."""
+        if not self.group_by_length:
+            return None
+        if isinstance(examples, IterableDataset):
+            raise ConfigError("group_by_length needs the training data in memory, and it is streamed "
+                              "(an IterableDataset has no lengths to sort); train without group_by_length.")
+        from transferkit.tasks.protocol import example_lengths
+
+        return example_lengths(task, examples)
 
     def _evaluate(self, task: nn.Module, examples, device: torch.device, precision: Precision,
                   channels_last: bool, custom: dict) -> tuple[dict[str, float], Any]:
