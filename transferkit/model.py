@@ -38,8 +38,12 @@ class TransferModel(nn.Module):
         super().__init__()
         check_needs(head, backbone)
         info = getattr(backbone, "feature_info", None)
-        tokens = "tokens" in getattr(head, "needs", ()) and info is not None and info.tokens is not None
-        head.build(info.tokens if tokens else backbone.feature_dim)  # token heads read per-token features
+        needs = getattr(head, "needs", ())
+        tokens = "tokens" in needs and info is not None and info.tokens is not None
+        if "stages" in needs:  # dense heads are built from the stages' channels and strides
+            head.build(info)
+        else:
+            head.build(info.tokens if tokens else backbone.feature_dim)  # token heads read per-token features
         if hasattr(head, "attach"):  # heads whose layers depend on the backbone's kind (pair: cross or bi)
             head.attach(backbone)
         self.backbone = backbone

@@ -88,12 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="also replace a directory at --output that is not a transferkit model (everything in it "
                         "is removed once the new model is in place); files and '.' are always refused")
-    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression", "ner", "pair", "qa", "generation"],
+    p.add_argument("--task", default="classification", choices=["classification", "multilabel", "regression", "ner", "pair", "qa", "generation",
+                                                               "segmentation", "detection"],
                    help="what to predict: a class per input (default), a set of classes per input (multilabel), "
                         "numbers (regression, --target-column), or entity tags per word (ner: --data is a "
                         "CoNLL file or JSONL with spans), or a class (or with --target-column a score) per pair "
                         "of texts (pair: --text-a-column, --text-b-column), or extractive answers (qa: --data is SQuAD "
-                        "JSON or JSONL), or generated text (generation: input and target columns, a causal LM)")
+                        "JSON or JSONL), or generated text (generation: input and target columns, a causal LM), or a class per "
+                        "pixel (segmentation: --data is a folder with images/ and masks/ of the same file stems, "
+                        "or a COCO JSON), or boxes (detection: --data is a COCO JSON, a Pascal VOC folder or a CSV "
+                        "image_path,xmin,ymin,xmax,ymax,label)")
+    p.add_argument("--arch", default="fcos", choices=["fcos", "retinanet", "faster_rcnn"],
+                   help="detection: the detector torchvision builds over the backbone (default fcos)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="generation: longest output in tokens")
     p.add_argument("--stride", type=int, default=128, help="qa: tokens shared by consecutive windows of a long "
                                                           "context (default 128)")
@@ -116,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--group-by-length", action="store_true", help="text: batch examples of similar length "
+                                                                  "together (less padding, faster epochs)")
     p.add_argument("--run-dir", help="checkpoints, metrics.csv and the PNG report (default: OUTPUT.run)")
     p.add_argument("--save-every", type=int, help="also checkpoint every N steps (always at epoch ends)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
@@ -144,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-a-column", default="text_a", help="pair models: column of the first texts")
     p.add_argument("--text-b-column", default="text_b", help="pair models: column of the second texts")
     p.add_argument("--proba", action="store_true", help="also print class probabilities")
+    p.add_argument("--output-dir", help="segmentation: write each predicted mask here as an index PNG "
+                                        "(palette), named after its image; detection: write the boxes here as "
+                                        "COCO results (detections.json)")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_predict)
 
@@ -244,7 +255,8 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
                          head_lr=args.head_lr, optimizer=args.optimizer, schedule=args.schedule, warmup=args.warmup,
                          precision=args.precision, strategy=args.strategy, lr_decay=args.lr_decay,
                          **({"metric": args.metric} if args.metric else {}), patience=args.patience, seed=args.seed, device=args.device,
-                         num_workers=args.num_workers, compile=args.compile, output_dir=str(run_dir),
+                         num_workers=args.num_workers, group_by_length=args.group_by_length,
+                         compile=args.compile, output_dir=str(run_dir),
                          save_every=args.save_every,
                          loggers=("csv", "report") + (("tensorboard",) if args.tensorboard else ()),
                          progress=not args.no_progress)
@@ -323,6 +335,10 @@ def _predict(args: argparse.Namespace) -> int:
             inputs += load_inputs(path, input_column=args.text_column)[0]
     if not inputs:
         raise InputError("nothing to predict: give inputs on the command line or a file with --data.")
+    if model.head.head_type == "segmentation":
+        return _predict_masks(model, inputs, args)
+    if model.head.head_type == "detection":
+        return _predict_boxes(model, inputs, args)
     if hasattr(model.head, "predict_raw"):  # NER: entities with character offsets; generation: the text
         key = "entities" if model.head.head_type == "token_classification" else "prediction"
         for raw, result in zip(inputs, model.predict(inputs, batch_size=args.batch_size)):
@@ -339,6 +355,56 @@ def _predict(args: argparse.Namespace) -> int:
         if scores is not None:
             record["proba"] = {str(name): round(float(q), 6) for name, q in zip(labels, scores[i])}
         print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def _predict_masks(model, inputs: list, args: argparse.Namespace) -> int:
+    """One JSON line per image: its size and pixels per class; with --output-dir, the mask as an index PNG."""
+    import numpy as np
+
+    from transferkit.errors import OutputExistsError
+    from transferkit.tasks.segmentation import write_mask_png
+
+    out = Path(args.output_dir) if args.output_dir else None
+    if out is not None:  # never write over a file: every name is checked before the first mask is written
+        names = [Path(str(raw)).stem + ".png" for raw in inputs]
+        clash = sorted({n for n in names if names.count(n) > 1} | {n for n in names if (out / n).exists()})
+        if clash:
+            raise OutputExistsError(f"--output-dir {out}: {len(clash)} mask name(s) exist there already or come from "
+                                    f"two images of the same stem ({', '.join(clash[:5])}); nothing was written. "
+                                    "Choose an empty folder.")
+    labels = model.head.labels
+    for start in range(0, len(inputs), args.batch_size):
+        chunk = inputs[start:start + args.batch_size]
+        for raw, mask in zip(chunk, model.predict(chunk, batch_size=args.batch_size)):
+            counts = {labels[int(c)]: int(n) for c, n in zip(*np.unique(mask, return_counts=True))}
+            record = {"input": raw, "height": int(mask.shape[0]), "width": int(mask.shape[1]), "pixels": counts}
+            if out is not None:
+                record["mask"] = str(write_mask_png(mask, out / (Path(raw).stem + ".png")))
+            print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def _predict_boxes(model, inputs: list, args: argparse.Namespace) -> int:
+    """One JSON line per image (boxes in its pixels, labels, scores); with --output-dir, also COCO results JSON
+    (``image_id`` = the image's position from 1, ``category_id`` = class index + 1, boxes as [x, y, w, h])."""
+    from transferkit.errors import OutputExistsError
+    from transferkit.files import write_json_atomic
+
+    target = Path(args.output_dir) / "detections.json" if args.output_dir else None
+    if target is not None and target.exists():
+        raise OutputExistsError(f"{target} exists already; nothing was written. Choose another --output-dir.")
+    index = {name: i for i, name in enumerate(model.head.labels)}
+    results = []
+    for start in range(0, len(inputs), args.batch_size):
+        chunk = inputs[start:start + args.batch_size]
+        for k, (raw, found) in enumerate(zip(chunk, model.predict(chunk, batch_size=args.batch_size))):
+            print(json.dumps({"input": raw, **found}, ensure_ascii=False))
+            for (x1, y1, x2, y2), label, score in zip(found["boxes"], found["labels"], found["scores"]):
+                results.append({"image_id": start + k + 1, "file_name": str(raw), "category_id": index[label] + 1,
+                                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)], "score": score})
+    if target is not None:
+        write_json_atomic(target, results)
     return 0
 
 

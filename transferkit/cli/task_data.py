@@ -78,6 +78,25 @@ def task_parts(args: argparse.Namespace):
 
         return (read_pairs, split_list, lambda data: lambda: tk.heads.Pair(target=target, hidden=args.hidden),
                 lambda data: f"{len(data)} text pairs" + (f", score {target!r}" if target else ""))
+    if args.task == "detection":
+        from transferkit.data.boxes import load_boxes
+
+        def detection_head(data):
+            names = load_boxes(args.data)[1]  # COCO categories; VOC / CSV: the sorted labels of the data
+            return lambda: tk.heads.Detection(labels=names or sorted({str(c) for e in data for c in e.labels}),
+                                              arch=args.arch)
+
+        return (lambda path: load_boxes(path)[0], split_list, detection_head,
+                lambda data: f"{len(data)} images, {sum(len(e.boxes) for e in data)} boxes")
+    if args.task == "segmentation":
+        from transferkit.data.masks import load_masked
+
+        def segmentation_head(data):
+            names = load_masked(args.data)[1]  # COCO categories (after "background"); index masks: from the data
+            return lambda: tk.heads.Segmentation(labels=names)
+
+        return (lambda path: load_masked(path)[0], split_list, segmentation_head,
+                lambda data: f"{len(data)} images with masks")
     if args.task == "regression":
         columns = args.target_column or [args.label_column]
 

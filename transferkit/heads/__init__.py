@@ -40,12 +40,14 @@ def list_heads(pattern: str = "*") -> list[str]:
 
 from transferkit.heads.base import Head, check_needs  # noqa: E402  (after the registry they use)
 from transferkit.heads.classification import Classification  # noqa: E402
+from transferkit.heads.detection import Detection  # noqa: E402
 from transferkit.heads.generation import Generation  # noqa: E402
 from transferkit.heads.multilabel import MultiLabel  # noqa: E402
 from transferkit.heads.pair import Pair  # noqa: E402
 from transferkit.heads.qa import QuestionAnswering  # noqa: E402
 from transferkit.heads.regression import Regression  # noqa: E402
+from transferkit.heads.segmentation import Segmentation  # noqa: E402
 from transferkit.heads.token_classification import TokenClassification  # noqa: E402
 
-__all__ = ["Classification", "Generation", "HEADS", "Head", "MultiLabel", "Pair", "QuestionAnswering", "Regression", "TokenClassification", "check_needs", "head_from_config", "list_heads",
+__all__ = ["Classification", "Detection", "Generation", "HEADS", "Head", "MultiLabel", "Pair", "QuestionAnswering", "Regression", "Segmentation", "TokenClassification", "check_needs", "head_from_config", "list_heads",
            "register_head"]

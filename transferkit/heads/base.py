@@ -10,7 +10,9 @@ read the features dict they need; lightly keeps a head, its loss and its transfo
   ``{"stages"}`` (feature maps: segmentation, detection); :func:`check_needs` refuses a backbone whose
   features lack them before any training;
 * ``build(in_features)``: creates its layers from the backbone's description (sizes, never a dummy
-  forward pass); composing it in ``TransferModel(backbone, head)`` calls it;
+  forward pass); composing it in ``TransferModel(backbone, head)`` calls it with the feature size (the token
+  size for heads that need ``tokens``), or, for heads that need ``stages``, with the whole
+  :class:`~transferkit.backbones.base.FeatureInfo` (channels and stride of every stage);
 * ``forward(features) -> Tensor``: the raw outputs (logits, scores...);
 * ``task(model, **options)``: the task that trains it — the module with ``examples`` (label reading),
   ``collate``, ``forward -> {"loss", ...}`` and streaming ``metrics()`` the Trainer knows;
