@@ -23,7 +23,6 @@ another image's coordinates looks like).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from transferkit.errors import DataError, LabelError
+from transferkit.errors import DataError
 
 from .common import IMAGE_SUFFIXES, first, short
 
@@ -124,35 +123,23 @@ def check_inside(example: BoxedImage, height: int, width: int) -> None:
 
 
 def _coco(path: Path) -> tuple[list[BoxedImage], list[str]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        images, annotations, categories = data["images"], data.get("annotations", []), data["categories"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(f"cannot read {path} as COCO JSON ({type(e).__name__}: {e}); it needs 'images', "
-                        "'annotations' and 'categories'.") from e
-    if not images:
-        raise DataError(f"{path} lists no images.")
+    from .coco import image_file, origin, read_coco
+
+    images, annotations, categories = read_coco(path)
     names = {c["id"]: str(c["name"]) for c in categories}
-    per_image: dict[Any, list] = {}
-    for n, a in enumerate(annotations):
-        if a.get("category_id") not in names:
-            raise LabelError(f"{path}: annotation {a.get('id', n)} has category_id {a.get('category_id')!r}, not one "
-                             f"of the categories {sorted(names)}.")
-        if a.get("iscrowd", 0):
-            continue
-        bbox = a.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise BoxError(f"{path}: annotation {a.get('id', n)} has bbox {bbox!r}; COCO boxes are [x, y, width, height].")
-        x, y, w, h = (float(v) for v in bbox)
-        per_image.setdefault(a["image_id"], []).append(([x, y, x + w, y + h], names[a["category_id"]]))
-    folder = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
     out = []
     for im in images:
-        file = Path(im["file_name"])
-        file = file if file.is_absolute() else (path.parent / file if (path.parent / file).exists() else folder / file)
-        rows = per_image.get(im["id"], [])
-        out.append(_example(str(file), [b for b, _ in rows], [c for _, c in rows],
-                            f"{path.name} image {im['id']} ({im['file_name']})"))
+        boxes, labels = [], []
+        for a in annotations.get(im["id"], []):
+            if a.get("iscrowd", 0):
+                continue
+            bbox = a.get("bbox")
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                raise BoxError(f"{path}: annotation {a['id']} has bbox {bbox!r}; COCO boxes are [x, y, width, height].")
+            x, y, w, h = (float(v) for v in bbox)
+            boxes.append([x, y, x + w, y + h])
+            labels.append(names[a["category_id"]])
+        out.append(_example(image_file(path, im), boxes, labels, origin(path, im)))
     return out, list(names.values())
 
 

@@ -19,7 +19,6 @@ convention for "void" borders) marks pixels that are neither scored nor learnt f
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,35 +118,20 @@ def _folder(root: Path) -> list[MaskedImage]:
 
 
 def _coco(path: Path) -> tuple[list[MaskedImage], list[str]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        images, annotations, categories = data["images"], data.get("annotations", []), data["categories"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(f"cannot read {path} as COCO JSON ({type(e).__name__}: {e}); it needs 'images', "
-                        "'annotations' and 'categories'.") from e
-    if not images:
-        raise DataError(f"{path} lists no images.")
-    ids = [c["id"] for c in categories]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"{path}: category ids repeat: {ids}.")
+    from .coco import image_file, origin, read_coco
+
+    images, annotations, categories = read_coco(path)
     index = {c["id"]: i + 1 for i, c in enumerate(categories)}
-    names = ["background"] + [str(c["name"]) for c in categories]
-    shapes: dict[Any, list] = {}
-    for n, a in enumerate(annotations):
-        if a.get("category_id") not in index:
-            raise LabelError(f"{path}: annotation {a.get('id', n)} has category_id {a.get('category_id')!r}, not "
-                             f"one of the categories {ids}.")
-        if "segmentation" not in a or not a["segmentation"]:
-            raise DataError(f"{path}: annotation {a.get('id', n)} has no segmentation (polygons or RLE).")
-        shapes.setdefault(a["image_id"], []).append((a["segmentation"], index[a["category_id"]]))
-    folder = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
     out = []
     for im in images:
-        file = Path(im["file_name"])
-        file = file if file.is_absolute() else (path.parent / file if (path.parent / file).exists() else folder / file)
-        mask = CocoMask(int(im["height"]), int(im["width"]), tuple(shapes.get(im["id"], ())))
-        out.append(MaskedImage(str(file), mask, f"{path.name} image {im['id']} ({im['file_name']})"))
-    return out, names
+        shapes = []
+        for a in annotations.get(im["id"], []):
+            if not a.get("segmentation"):
+                raise DataError(f"{path}: annotation {a['id']} has no segmentation (polygons or RLE).")
+            shapes.append((a["segmentation"], index[a["category_id"]]))
+        mask = CocoMask(int(im["height"]), int(im["width"]), tuple(shapes))
+        out.append(MaskedImage(image_file(path, im), mask, origin(path, im)))
+    return out, ["background"] + [str(c["name"]) for c in categories]
 
 
 def read_mask(mask: Any, origin: str) -> np.ndarray:

@@ -205,22 +205,17 @@ class Detection(nn.Module):
         """Per image: ``{"boxes": [[x1, y1, x2, y2], ...], "labels": [...], "scores": [...]}`` in the image's
         own pixels, best score first."""
         from transferkit.backbones.base import inference
-        from transferkit.data import check_inputs, prediction_inputs
         from transferkit.tasks.dense import DenseInputs
 
-        inputs, single = prediction_inputs(raw_inputs, None)
-        origins = [f"item {i}" for i in range(len(inputs))]
-        check_inputs(inputs, "image", origins)
-        dense = DenseInputs(model.backbone, augment=None, kind="detection")
+        batches, single = DenseInputs(model.backbone, augment=None, kind="detection").prediction_batches(
+            raw_inputs, batch_size)
         out = []
         with inference(model) as device:
-            for start in range(0, len(inputs), batch_size):
-                placed = [dense(dense.unit(x, o), {}, train=False) for x, o in
-                          zip(inputs[start:start + batch_size], origins[start:start + batch_size])]
-                pixels = torch.stack([p for p, _, _ in placed]).to(device)
+            for pixels, placements in batches:
+                pixels = pixels.to(device)
                 features = model.backbone(pixel_values=pixels, stages=True)
-                for d, (_, _, where) in zip(self(features, pixels), placed):
-                    out.append(_as_record(where.detections_to_original(d), self.labels))
+                out += [_as_record(where.detections_to_original(d), self.labels)
+                        for d, where in zip(self(features, pixels), placements)]
         return out[0] if single else out
 
     @property

@@ -137,21 +137,15 @@ class Segmentation(nn.Module):
 
     def _probabilities(self, model: nn.Module, raw_inputs: Any, batch_size: int) -> tuple[list, bool]:
         from transferkit.backbones.base import inference
-        from transferkit.data import check_inputs, prediction_inputs
         from transferkit.tasks.dense import DenseInputs
 
-        inputs, single = prediction_inputs(raw_inputs, None)
-        origins = [f"item {i}" for i in range(len(inputs))]
-        check_inputs(inputs, "image", origins)
-        dense = DenseInputs(model.backbone, augment=None)
+        batches, single = DenseInputs(model.backbone, augment=None).prediction_batches(raw_inputs, batch_size)
         out = []
         with inference(model) as device:
-            for start in range(0, len(inputs), batch_size):
-                placed = [dense(dense.unit(x, o), {}, train=False) for x, o in
-                          zip(inputs[start:start + batch_size], origins[start:start + batch_size])]
-                pixels = torch.stack([p for p, _, _ in placed]).to(device)
+            for pixels, placements in batches:
+                pixels = pixels.to(device)
                 logits = self.upsample(model(pixel_values=pixels)["logits"], pixels.shape[-2:]).float()
-                out += [where.to_original(row.softmax(0).cpu()) for row, (_, _, where) in zip(logits, placed)]
+                out += [where.to_original(row.softmax(0).cpu()) for row, where in zip(logits, placements)]
         return out, single
 
     @staticmethod

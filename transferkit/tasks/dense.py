@@ -16,8 +16,9 @@ the letterbox; they are applied in training only (the task's ``training`` flag),
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -109,6 +110,35 @@ class DenseInputs:
                              f"{self.min_size}×{self.min_size} is needed.")
         return x
 
+    def size_of(self, image: Any, origin: str) -> tuple[int, int]:
+        """``(height, width)`` of a raw image: from the file header for paths, else from the pixels."""
+        import os
+
+        if isinstance(image, (str, os.PathLike)):
+            from PIL import Image
+
+            with Image.open(image) as im:
+                return im.size[1], im.size[0]
+        if type(image).__module__.startswith("PIL."):
+            return image.size[1], image.size[0]
+        return tuple(self.unit(image, origin).shape[-2:])
+
+    def prediction_batches(self, raw_inputs: Any, batch_size: int) -> tuple[Iterator[tuple], bool]:
+        """``(pixel_values [B, 3, H, W], placements)`` per batch of raw inputs (one image or a collection, as
+        ``TransferModel.predict`` takes them), and whether the input was a single image."""
+        from transferkit.data import check_inputs, prediction_inputs
+
+        inputs, single = prediction_inputs(raw_inputs, None)
+        origins = [f"item {i}" for i in range(len(inputs))]
+        check_inputs(inputs, "image", origins)
+
+        def batches():
+            for start in range(0, len(inputs), batch_size):
+                placed = [self(self.unit(x, o), {}, train=False) for x, o in
+                          zip(inputs[start:start + batch_size], origins[start:start + batch_size])]
+                yield torch.stack([p for p, _, _ in placed]), [where for _, _, where in placed]
+        return batches(), single
+
     def __call__(self, image: torch.Tensor, targets: dict[str, Any], train: bool) -> tuple[torch.Tensor, dict, Placement]:
         """A ``3×H×W`` 0–1 image and its targets (``tv_tensors``) → normalised network input, the targets at
         the input's geometry, and the :class:`Placement` of the (augmented) image."""
@@ -140,10 +170,8 @@ class DenseInputs:
 SAMPLES = 4  # validation images the report draws
 
 
-def unit_image(pixels: torch.Tensor, inputs: "DenseInputs", where: Placement) -> "np.ndarray":
+def unit_image(pixels: torch.Tensor, inputs: "DenseInputs", where: Placement) -> np.ndarray:
     """A normalised, letterboxed network input back as an ``H×W×3`` 0–1 array of its content (padding cut)."""
-    import numpy as np
-
     h, w = where.content
     x = (pixels.detach().float().cpu()[:, :h, :w] * inputs.std + inputs.mean).clamp(0, 1)
     return np.ascontiguousarray(x.permute(1, 2, 0).numpy())
@@ -156,7 +184,6 @@ def save_samples(samples: list, path: Any, kind: str, labels: list[str]) -> Any:
     ``boxes`` (x1, y1, x2, y2) and ``labels`` (and ``scores``; predictions under 0.3 are not drawn). Drawn by the Agg
     canvas: no display is needed and pyplot's global state is never touched.
     """
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle

@@ -67,7 +67,7 @@ class DetectionTask(nn.Module):
         files = [(e.image, e.origin) for e in examples if isinstance(e.image, (str, os.PathLike))]
         check_image_files([f for f, _ in files], [o for _, o in files])
         for e in examples:
-            check_inside(e, *_image_size(e.image, self.inputs, e.origin))
+            check_inside(e, *self.inputs.size_of(e.image, e.origin))
         seen = sorted({str(c) for e in examples for c in e.labels})
         if head.labels is None:
             if not (names or seen):
@@ -121,17 +121,6 @@ class DetectionTask(nn.Module):
 
     def metrics(self) -> "DetectionMetrics":
         return DetectionMetrics(self.model.head.labels, self.inputs)
-
-
-def _image_size(image: Any, inputs: DenseInputs, origin: str) -> tuple[int, int]:
-    if isinstance(image, (str, os.PathLike)):
-        from PIL import Image
-
-        with Image.open(image) as im:
-            return im.size[1], im.size[0]
-    if type(image).__module__.startswith("PIL."):
-        return image.size[1], image.size[0]
-    return tuple(inputs.unit(image, origin).shape[-2:])
 
 
 STATS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", None, None, "mar_100"]

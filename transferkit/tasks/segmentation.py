@@ -67,7 +67,7 @@ class SegmentationTask(nn.Module):
         check_image_files([f for f, _ in files], [o for _, o in files])
         masks = [read_mask(e.mask, e.origin) for e in examples]
         for e, m in zip(examples, masks):
-            mask_sizes_match(_image_size(e.image, self.inputs, e.origin), m, e.origin)
+            mask_sizes_match(self.inputs.size_of(e.image, e.origin), m, e.origin)
         if head.labels is None:
             if names is None:
                 top = max(int(m[m != IGNORE].max(initial=0)) for m in masks)
@@ -127,18 +127,6 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor, keep: torch.Tensor, eps
     inter = (probs * onehot).sum((0, 2, 3))
     total = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     return 1 - ((2 * inter + eps) / (total + eps)).mean()
-
-
-def _image_size(image: Any, inputs: DenseInputs, origin: str) -> tuple[int, int]:
-    """``(height, width)`` of an image: from the file header for paths, else from the pixels."""
-    if isinstance(image, (str, os.PathLike)):
-        from PIL import Image
-
-        with Image.open(image) as im:
-            return im.size[1], im.size[0]
-    if type(image).__module__.startswith("PIL."):
-        return image.size[1], image.size[0]
-    return tuple(inputs.unit(image, origin).shape[-2:])
 
 
 class SegmentationMetrics:
