@@ -37,7 +37,6 @@ SYSTEMS = ["transferkit", "transferkit group_by_length", "HF Trainer", "HF Train
 
 def padded_positions(train: list, max_length: int, batch_size: int, seed: int) -> dict[str, int]:
     """Token positions per epoch (each batch padded to its longest) under transferkit's two orders."""
-    import transferkit as tk
     from transferkit.tasks.protocol import example_lengths
     from transferkit.trainer.distributed import grouped_permutation, permutation
 
