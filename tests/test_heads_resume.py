@@ -64,6 +64,8 @@ def make_model(head_type: str, family: str, assets, dropout: bool = True) -> tk.
         for module in model.modules():
             if isinstance(module, nn.modules.dropout._DropoutNd):  # Dropout, Dropout2d...
                 module.p = 0.0  # attention dropout reads .p too
+        if isinstance(getattr(model.head, "dropout", None), float):  # for layers built once the data names classes
+            model.head.dropout = 0.0
     return model
 
 
