@@ -264,3 +264,21 @@ def test_the_report_draws_validation_masks(tmp_path):
     trainer.fit(model, data[:4], data[4:])
     image = Image.open(tmp_path / "run" / "segmentation_samples.png")
     assert image.size[0] > 100 and image.size[1] > 4 * 100
+
+
+def test_a_torchvision_vit_gives_stage_maps_for_dense_heads():
+    backbone = tk.load_backbone("torchvision:vit_b_16", weights=None)  # torchvision's ViT takes its own size only
+    stages = backbone.feature_info.stages
+    assert len(stages) == 12 and stages[0].channels == 768 and stages[0].stride == 16
+    pixels = torch.randn(1, 3, 224, 224)
+    features = backbone(pixel_values=pixels, stages=True)
+    assert [tuple(m.shape) for m in features.stages] == [(1, 768, 14, 14)] * 12
+    # The map is the patch tokens in row-major order: patch (row 0, column 1) is token 2 (token 0 is the class token).
+    captured = {}
+    layer = backbone.encoder.model.encoder.layers[11]
+    handle = layer.register_forward_hook(lambda m, i, o: captured.setdefault("tokens", o))
+    backbone(pixel_values=pixels, stages=True)
+    handle.remove()
+    torch.testing.assert_close(features.stages[-1][0, :, 0, 1], captured["tokens"][0, 2])
+    model = tk.TransferModel(backbone, tk.heads.Segmentation(num_classes=2, channels=16))
+    assert model(pixel_values=pixels)["logits"].shape == (1, 2, 14, 14)

@@ -153,11 +153,14 @@ def torchvision_info(model: nn.Module, feature_dim: int) -> dict:
     ``PatchMerging`` halves. A stage's channels are the input channels of the next module with parameters
     (right even where branches are concatenated: Inception, DenseNet), else those of what follows the
     trunk, else ``feature_dim`` when the removed classifier read the trunk directly, else the last
-    layer's output channels. The vision transformer has no stages. Strides are nominal, like timm's
-    ``reduction``: a convolution without padding makes maps a little smaller than ``size / stride``.
+    layer's output channels. The vision transformer's stages are its encoder blocks, each of the hidden size at the
+    patch size's stride (their tokens are reshaped to maps, as timm's ``forward_intermediates`` does). Strides are
+    nominal, like timm's ``reduction``: a convolution without padding makes maps a little smaller than
+    ``size / stride``.
     """
     if type(model).__name__ == "VisionTransformer":
-        return {"stages": ()}
+        return {"stages": tuple((f"encoder.layers.{name}", int(model.hidden_dim), int(model.patch_size))
+                                for name, _ in model.encoder.layers.named_children())}
     trunk, after = _trunk(model)
     strides, total = [], 1
     for _, module in trunk:

@@ -21,6 +21,7 @@ With ``HF_HUB_OFFLINE=1`` or ``TRANSFERKIT_OFFLINE=1``, pretrained weights that 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import pickle
 import re
@@ -170,7 +171,11 @@ class VisionEncoder(nn.Module):
 
 
 def _channels_first(t: torch.Tensor, channels: int) -> torch.Tensor:
-    """``[B, H, W, C]`` maps (torchvision Swin) as ``[B, C, H, W]``."""
+    """``[B, H, W, C]`` maps (torchvision Swin) as ``[B, C, H, W]``; ``[B, 1 + N, C]`` tokens of a square grid
+    (torchvision's ViT: the class token first) as the ``[B, C, √N, √N]`` map of the patch tokens."""
+    if t.ndim == 3:
+        side = math.isqrt(t.shape[1] - 1)
+        return t[:, 1:].reshape(t.shape[0], side, side, t.shape[-1]).permute(0, 3, 1, 2)
     return t.permute(0, 3, 1, 2) if t.shape[1] != channels and t.shape[-1] == channels else t
 
 
