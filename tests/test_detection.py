@@ -274,3 +274,15 @@ def test_the_report_draws_validation_boxes(tmp_path):
     trainer = tk.Trainer(epochs=1, batch_size=4, output_dir=str(tmp_path / "run"), loggers=("report",), progress=False)
     trainer.fit(model, data[:4], data[4:])
     assert Image.open(tmp_path / "run" / "detection_samples.png").size[1] > 4 * 100
+
+
+def test_channels_last_trains_the_same_function():
+    data = red_boxes(8)
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = tk.TransferModel(resnet(), tk.heads.Detection(channels=64))
+        history = tk.Trainer(epochs=1, batch_size=4, lr=1e-3, channels_last=channels_last, progress=False).fit(
+            model.task(augment=None), data[:4], data[4:])
+        results.append(history[0])
+    assert results[1]["train_loss"] == pytest.approx(results[0]["train_loss"], rel=1e-4)

@@ -282,3 +282,17 @@ def test_a_torchvision_vit_gives_stage_maps_for_dense_heads():
     torch.testing.assert_close(features.stages[-1][0, :, 0, 1], captured["tokens"][0, 2])
     model = tk.TransferModel(backbone, tk.heads.Segmentation(num_classes=2, channels=16))
     assert model(pixel_values=pixels)["logits"].shape == (1, 2, 14, 14)
+
+
+def test_channels_last_trains_the_same_function():
+    """What CUDA turns on by default (channels_last for conv nets) gives the same run on the CPU."""
+    data = squares(16)
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = tk.TransferModel(resnet(), tk.heads.Segmentation(num_classes=2, channels=16))
+        history = tk.Trainer(epochs=1, batch_size=8, lr=1e-3, channels_last=channels_last, progress=False).fit(
+            model.task(augment=None), data[:8], data[8:])
+        results.append(history[0])
+    assert results[1]["val_loss"] == pytest.approx(results[0]["val_loss"], rel=1e-4)
+    assert results[1]["val_miou"] == pytest.approx(results[0]["val_miou"], abs=1e-3)
