@@ -286,3 +286,15 @@ def test_channels_last_trains_the_same_function():
             model.task(augment=None), data[:4], data[4:])
         results.append(history[0])
     assert results[1]["train_loss"] == pytest.approx(results[0]["train_loss"], rel=1e-4)
+
+
+def test_a_crop_that_leaves_a_box_outside_drops_it_with_its_label():
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    dense = DenseInputs(resnet(), augment=v2.CenterCrop(40), kind="detection")
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[1.0, 1.0, 8.0, 8.0], [30.0, 30.0, 50.0, 50.0]]), format="XYXY",
+                                     canvas_size=(80, 80))
+    _, moved, _ = dense(torch.zeros(3, 80, 80), {"boxes": boxes, "labels": torch.tensor([0, 1])}, train=True)
+    assert moved["labels"].tolist() == [1]  # the corner box is outside the central 40x40 crop
+    torch.testing.assert_close(moved["boxes"].as_subclass(torch.Tensor), torch.tensor([[16.0, 16.0, 48.0, 48.0]]))

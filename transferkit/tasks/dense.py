@@ -15,6 +15,7 @@ the letterbox; they are applied in training only (the task's ``training`` flag),
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -112,8 +113,6 @@ class DenseInputs:
 
     def size_of(self, image: Any, origin: str) -> tuple[int, int]:
         """``(height, width)`` of a raw image: from the file header for paths, else from the pixels."""
-        import os
-
         if isinstance(image, (str, os.PathLike)):
             from PIL import Image
 
@@ -143,11 +142,16 @@ class DenseInputs:
         """A ``3×H×W`` 0–1 image and its targets (``tv_tensors``) → normalised network input, the targets at
         the input's geometry, and the :class:`Placement` of the (augmented) image."""
         from torchvision import tv_tensors
+        from torchvision.transforms import v2
         from torchvision.transforms.v2 import functional as TF
 
         image = tv_tensors.Image(image)
         if train and self.augment is not None:
             image, targets = self.augment(image, targets)
+            if any(isinstance(v, tv_tensors.BoundingBoxes) for v in targets.values()):
+                # boxes a crop left degenerate or outside go, with their "labels" entries
+                sanitize = v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=lambda sample: sample[1].get("labels"))
+                image, targets = sanitize(image, targets)
         height, width = image.shape[-2:]
         scale = min(self.size[0] / height, self.size[1] / width)
         content = (min(self.size[0], max(1, round(height * scale))), min(self.size[1], max(1, round(width * scale))))

@@ -84,21 +84,15 @@ class DetectionTask(nn.Module):
 
     def collate(self, examples: Sequence[BoxedImage]) -> dict[str, Any]:
         from torchvision import tv_tensors
-        from torchvision.transforms import v2
 
         index = {name: i for i, name in enumerate(self.model.head.labels)}
-        sanitize = v2.SanitizeBoundingBoxes(min_size=1.0)
         pixels, targets, originals, placements = [], [], [], []
         for e in examples:
             image = self.inputs.unit(e.image, e.origin)
             labels = torch.tensor([index[str(c)] for c in e.labels], dtype=torch.long)
             boxes = tv_tensors.BoundingBoxes(torch.as_tensor(e.boxes, dtype=torch.float32).reshape(-1, 4),
                                              format="XYXY", canvas_size=tuple(image.shape[-2:]))
-            target = {"boxes": boxes, "labels": labels}
-            if self.training and self.inputs.augment is not None:
-                image, target = self.inputs.augment(tv_tensors.Image(image), target)
-                image, target = sanitize(image, target)
-            x, moved, where = self.inputs(image.as_subclass(torch.Tensor), target, train=False)
+            x, moved, where = self.inputs(image, {"boxes": boxes, "labels": labels}, train=self.training)
             pixels.append(x)
             targets.append({"boxes": moved["boxes"].as_subclass(torch.Tensor).float(), "labels": moved["labels"]})
             originals.append({"boxes": torch.as_tensor(e.boxes).reshape(-1, 4), "labels": labels})
