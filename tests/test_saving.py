@@ -224,7 +224,7 @@ def test_a_failed_save_keeps_the_old_model_and_leaves_no_temporary_directory(tmp
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_model", broken)
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(target, backbone(2.0))
     assert value_of(target) == 1.0 and leftovers(target) == []

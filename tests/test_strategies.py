@@ -8,7 +8,7 @@ from torch import nn
 
 import transferkit as tk
 from transferkit.backbones.layers import split_blocks
-from transferkit.errors import ConfigError
+from transferkit.errors import AdapterError, ConfigError
 from transferkit.tasks import ClassificationTask
 from transferkit.trainer import strategies as st
 
@@ -402,12 +402,22 @@ def test_every_strategy_trains_every_head(head_type, name, assets):
     from test_heads_conformance import backbone
 
     make_head, families, _ = _head_cases()[head_type]
-    family, data = next(iter(families.items()))
+    strategy = st.get_strategy(name)
+    method = strategy.adapter[0] if strategy.adapter is not None else None
+    # A PEFT strategy runs on the first family of the head that can take its adapter.
+    usable = [f for f in families if method is None or _takes(f, method)] or list(families)
+    family, data = usable[0], families[usable[0]]
     data = data()[:24]
     torch.manual_seed(0)
     model = tk.TransferModel(backbone(family, assets), make_head())
-    strategy = st.get_strategy(name)
-    trainer = tk.Trainer(epochs=3, batch_size=8, lr=0.05 if family == "word_vectors" else 3e-3, head_lr=0.05,
+    if method is not None and not _takes(family, method):  # prompt tuning of a vision network, say
+        with pytest.raises(AdapterError):
+            tk.Trainer(epochs=1, strategy=name, progress=False).fit(model, data)
+        assert all(p.requires_grad for p in model.backbone.parameters())
+        return
+    # Adapters learn at the head's rate: a gentler one than a lone head's 0.05 for the deep random networks.
+    head_lr = 0.01 if method is not None and family != "word_vectors" else 0.05
+    trainer = tk.Trainer(epochs=3, batch_size=8, lr=0.05 if family == "word_vectors" else 3e-3, head_lr=head_lr,
                          strategy=name, progress=False)
     if strategy.balanced_epochs and head_type not in CLASS_WEIGHTED:
         with pytest.raises(ConfigError, match=f"strategy {name!r} needs a classification task"):
@@ -420,7 +430,22 @@ def test_every_strategy_trains_every_head(head_type, name, assets):
         return
     history = trainer.fit(model, data)
     assert history[-1]["train_loss"] < history[0]["train_loss"], history
+    if method is not None:  # the model keeps its adapter, which alone learns in the backbone
+        from transferkit.backbones.adapters import trainable_names
+
+        assert model.adapter_names == ["default"]
+        learning = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+        assert learning and learning == trainable_names(model.backbone)
+        return
     assert all(p.requires_grad for p in model.backbone.parameters())  # given back as fit found it
+
+
+def _takes(family: str, method: str) -> bool:
+    """Whether a conformance family's backbone can take a PEFT method (word vectors have no biases, norms or
+    linear layers; prompt tuning is for language models)."""
+    if family == "word_vectors":
+        return method in ("lora", "bottleneck")
+    return method != "prompt_tuning" or family in ("hf", "gpt2", "t5")
 
 
 def test_a_linear_probe_trains_an_untied_generation_head(assets):

@@ -56,6 +56,16 @@ class ConfigError(TransferkitError, ValueError):
     lists the valid ones."""
 
 
+class AdapterError(ConfigError):
+    """A PEFT adapter cannot be added, switched, merged or loaded as asked (an unknown method or target module,
+    a name in use); the message lists what is valid."""
+
+
+class BaseMismatchError(CheckpointError):
+    """A saved adapter was trained on another base backbone than the one it is being put on; the message names
+    both."""
+
+
 class OptionError(TransferkitError, TypeError):
     """A keyword option is not accepted by the backbone source, head or command; the message lists the
     valid ones."""

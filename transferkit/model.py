@@ -16,7 +16,8 @@ from transferkit.backbones.base import Backbone, inference
 from transferkit.data import check_inputs, prediction_inputs, preprocess_named
 from transferkit.errors import CheckpointError, InputError
 from transferkit.heads import check_needs, head_from_config
-from transferkit.saving import _load_weights, _rebuild_backbone, read_config, save_pretrained
+from transferkit.saving import (_load_weights, _rebuild_backbone, adapter_base, load_adapter_dir, read_config,
+                                save_pretrained)
 
 
 class TransferModel(nn.Module):
@@ -36,18 +37,11 @@ class TransferModel(nn.Module):
 
     def __init__(self, backbone: Backbone, head: nn.Module):
         super().__init__()
-        check_needs(head, backbone)
-        info = getattr(backbone, "feature_info", None)
-        needs = getattr(head, "needs", ())
-        tokens = "tokens" in needs and info is not None and info.tokens is not None
-        if "stages" in needs:  # dense heads are built from the stages' channels and strides
-            head.build(info)
-        else:
-            head.build(info.tokens if tokens else backbone.feature_dim)  # token heads read per-token features
-        if hasattr(head, "attach"):  # heads whose layers depend on the backbone's kind (pair: cross or bi)
-            head.attach(backbone)
+        _build_head(head, backbone)
         self.backbone = backbone
         self.head = head
+        # The head of each PEFT adapter on the backbone, by adapter name (the active one is also ``self.head``).
+        self._heads: dict[str, nn.Module] = {}
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, Any]:
         # Multi-scale maps cost hooks or intermediate outputs: only for heads that read them.
@@ -115,23 +109,157 @@ class TransferModel(nn.Module):
         return predictions[0] if single else predictions
 
     def save_pretrained(self, directory: str | os.PathLike, metrics: dict | None = None, *,
-                        overwrite: bool = False) -> Path:
+                        overwrite: bool = False, include_base: bool = False, merge: bool = False) -> Path:
         """Write weights (safetensors), config and model card to ``directory``; returns its path.
 
         An existing transferkit model there is replaced once the new one is complete; any other non-empty
         directory is refused unless ``overwrite=True``, and a file always is (see
         :func:`transferkit.files.check_output`).
+
+        With a PEFT adapter on the backbone, the default writes the active adapter and its head (small) and a
+        reference to the base (its ``load_backbone`` spec and a fingerprint of its weights), which
+        :meth:`from_pretrained` loads again; ``include_base=True`` writes the whole model with the adapter in it;
+        ``merge=True`` writes a plain model with the adapter folded into the weights (this model keeps its
+        adapter).
         """
-        return save_pretrained(directory, self.backbone, self.head, metrics, overwrite=overwrite)
+        if merge and self.backbone.config.get("adapters") is not None:
+            import copy
+
+            merged = copy.deepcopy(self)
+            merged.merge()
+            return save_pretrained(directory, merged.backbone, merged.head, metrics, overwrite=overwrite)
+        return save_pretrained(directory, self.backbone, self.head, metrics, overwrite=overwrite,
+                               include_base=include_base)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "TransferModel":
-        """Load a directory written by :meth:`save_pretrained`; needs no network or original files."""
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu", *,
+                        base: "str | os.PathLike | Backbone | None" = None) -> "TransferModel":
+        """Load a directory written by :meth:`save_pretrained`; needs no network or original files.
+
+        Args:
+            base: for a saved adapter, the base backbone to put it on (a spec, a directory or a Backbone) instead of
+                the one it records; it must have the same weights (their fingerprint is checked).
+
+        Raises:
+            BaseMismatchError: ``base`` (or the recorded base, when its files changed) is not the adapter's base.
+        """
         directory = Path(directory)
         config = read_config(directory)
         if config.get("head") is None:
             raise CheckpointError(f"{directory} holds a backbone without a head: load it with "
                                   "transferkit.load_backbone(dir) and compose a TransferModel.")
+        if config.get("saved") == "adapter":
+            backbone = adapter_base(config, directory, base)
+            name, head_state = load_adapter_dir(directory, config, backbone)
+            model = cls(backbone, head_from_config(config["head"]))
+            _load_head(model.head, head_state, backbone, directory)
+            model._heads[name] = model.head
+            return model.to(device)
         model = cls(_rebuild_backbone(config, directory), head_from_config(config["head"]))
         _load_weights(model, directory, allow_unexpected=())
         return model.to(device)
+
+    # --- PEFT adapters (transferkit.backbones.adapters); each adapter has its own head ---------------------------
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """The names of the backbone's adapters."""
+        from transferkit.backbones.adapters import adapter_names
+
+        return adapter_names(self.backbone)
+
+    @property
+    def active_adapter(self) -> str | None:
+        record = self.backbone.config.get("adapters")
+        return None if record is None else record["active"]
+
+    def add_adapter(self, method: str = "lora", name: str = "default", head: nn.Module | None = None,
+                    **options: Any) -> "TransferModel":
+        """Add a PEFT adapter to the backbone (see :meth:`transferkit.Backbone.add_adapter`) and make it active.
+
+        Args:
+            head: the new adapter's head; ``None`` keeps the model's head for its first adapter, and gives a later
+                adapter a fresh head like the current one.
+        """
+        first = self.active_adapter is None
+        self._remember_head()
+        self.backbone.add_adapter(method, name, **options)
+        if head is None and not first:
+            head = head_from_config(self.head.config)
+        if head is not None:
+            _build_head(head, self.backbone)
+            self.head = head.to(self.backbone.device)
+        self._heads[name] = self.head
+        return self
+
+    def load_adapter(self, directory: str | os.PathLike, name: str | None = None) -> "TransferModel":
+        """Load an adapter saved by :meth:`save_pretrained` (with its head) onto this model's base, and make it
+        active; several adapters on one base are switched with :meth:`set_adapter`.
+
+        Raises:
+            BaseMismatchError: the adapter was trained on another base (the message names both).
+            AdapterError: ``name`` is in use, or the adapter's method differs from this backbone's adapters.
+        """
+        directory = Path(directory)
+        config = read_config(directory)
+        self._remember_head()
+        name, head_state = load_adapter_dir(directory, config, self.backbone, name)
+        head = head_from_config(config["head"])
+        _build_head(head, self.backbone)
+        _load_head(head, head_state, self.backbone, directory)
+        self.head = head.to(self.backbone.device)
+        self._heads[name] = self.head
+        return self
+
+    def set_adapter(self, name: str) -> "TransferModel":
+        """Run the adapter named ``name`` with its head.
+
+        Raises:
+            AdapterError: no adapter of that name (the message lists the names).
+        """
+        self._remember_head()
+        self.backbone.set_adapter(name)
+        self.head = self._heads[name].to(self.backbone.device)
+        return self
+
+    def merge(self) -> "TransferModel":
+        """Fold the active adapter into the backbone's weights (LoRA, DoRA, IA³, BitFit, norm-tuning) and drop the
+        adapters and their other heads: a plain model, for export."""
+        self.backbone.merge_adapter()
+        self._heads = {}
+        return self
+
+    def _remember_head(self) -> None:
+        active = self.active_adapter
+        if active is not None:
+            self._heads[active] = self.head
+
+
+def _build_head(head: nn.Module, backbone: Backbone) -> None:
+    """Size ``head`` from what ``backbone``'s features look like.
+
+    Raises:
+        ConfigError: the head needs feature parts (tokens, feature maps) the backbone does not give.
+    """
+    check_needs(head, backbone)
+    info = getattr(backbone, "feature_info", None)
+    needs = getattr(head, "needs", ())
+    tokens = "tokens" in needs and info is not None and info.tokens is not None
+    if "stages" in needs:  # dense heads are built from the stages' channels and strides
+        head.build(info)
+    else:
+        head.build(info.tokens if tokens else backbone.feature_dim)  # token heads read per-token features
+    if hasattr(head, "attach"):  # heads whose layers depend on the backbone's kind (pair: cross or bi)
+        head.attach(backbone)
+
+
+def _load_head(head: nn.Module, state: dict, backbone: Backbone, directory: Path) -> None:
+    """Load a saved adapter's head; what it shares with the base (tied embeddings) comes from the base."""
+    shared = {t.data_ptr() for t in backbone.state_dict().values()}
+    own = head.state_dict()
+    missing = [k for k in own if k not in state and own[k].data_ptr() not in shared]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(f"{directory}/adapter.safetensors does not fit the head in config.json: missing "
+                              f"{missing[:5]}, unexpected {unexpected[:5]}.")
+    head.load_state_dict(state, strict=False)

@@ -7,6 +7,13 @@ A saved directory holds::
     README.md           a short model card
     backbone/           preprocessing files (tokenizer, vocabulary) where the source needs them
 
+A model with a PEFT adapter (:mod:`transferkit.backbones.adapters`) is saved, by default, as the adapter and the
+head alone, with a reference to its base (``load_backbone``'s spec and options, and a sha256 fingerprint of the
+base's weights, which loading checks)::
+
+    config.json         ... "saved": "adapter", "backbone": {..., "adapters": {"base": {...}, ...}}
+    adapter.safetensors the adapter's parameters ("backbone.*") and the head's ("head.*")
+
 A save never removes anything transferkit did not write: the target must be missing, empty or a
 transferkit model (or any directory with ``overwrite=True``). It is written to ``.NAME.tmp-*`` and
 swapped in crash-safely under a lock (see :mod:`transferkit.files`), so at any kill ``DIR`` holds the
@@ -23,9 +30,10 @@ from typing import Any
 from torch import nn
 
 from transferkit import files
+from transferkit.backbones import adapters
 from transferkit.backbones.base import SAVED_FORMATS, Backbone, SavedFormat
 from transferkit.backbones.registry import source
-from transferkit.errors import CheckpointError, FileFormatError, OptionError
+from transferkit.errors import AdapterError, BaseMismatchError, CheckpointError, FileFormatError, OptionError
 from transferkit.files import check_output, output_lock
 
 FORMAT = files.MODEL_FORMAT
@@ -54,9 +62,12 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 
 def _rebuild_backbone(config: dict, directory: Path) -> Backbone:
-    backbone_config = config["backbone"]
+    backbone_config = dict(config["backbone"])
+    record = backbone_config.pop("adapters", None)
     backbone = source(backbone_config["source"]).rebuild(backbone_config, directory)
     backbone.config = backbone_config
+    if record is not None:  # a whole model saved with its adapter: the same modules, then the weights
+        adapters.restore(backbone, record)
     return backbone
 
 
@@ -81,12 +92,17 @@ def _load_weights(model: nn.Module, directory: Path, allow_unexpected: tuple[str
 
 
 def load_saved_backbone(directory: str | os.PathLike, **options: Any) -> Backbone:
-    """The backbone of a ``save_pretrained`` directory (what ``load_backbone(DIR)`` returns)."""
+    """The backbone of a ``save_pretrained`` directory (what ``load_backbone(DIR)`` returns); for a saved adapter,
+    its base with the adapter on."""
     if options:
         raise OptionError(f"{directory}: a saved backbone is rebuilt exactly as saved; options {sorted(options)} "
                           "are not accepted: drop them, or load the original spec with options.")
     directory = Path(directory)
     config = read_config(directory)
+    if config.get("saved") == "adapter":
+        backbone = adapter_base(config, directory, None)
+        load_adapter_dir(directory, config, backbone)
+        return backbone
     holder = nn.Module()
     holder.backbone = _rebuild_backbone(config, directory)
     _load_weights(holder, directory, allow_unexpected=("head.",))
@@ -94,7 +110,7 @@ def load_saved_backbone(directory: str | os.PathLike, **options: Any) -> Backbon
 
 
 def save_pretrained(directory: str | os.PathLike, backbone: Backbone, head: nn.Module | None = None,
-                    metrics: dict | None = None, *, overwrite: bool = False) -> Path:
+                    metrics: dict | None = None, *, overwrite: bool = False, include_base: bool = False) -> Path:
     """Save a backbone (and optionally its head) crash-safely; see the module docstring for the layout.
 
     What may be at ``directory``: nothing, an empty directory, or a transferkit model (replaced). Any
@@ -108,6 +124,8 @@ def save_pretrained(directory: str | os.PathLike, backbone: Backbone, head: nn.M
         head: its head, or None for a backbone-only directory.
         metrics: numbers written into config.json and the model card.
         overwrite: replace a directory that is not a transferkit model.
+        include_base: with a PEFT adapter on the backbone, save the whole model (base, active adapter and head;
+            BitFit and norm-tuning adapters are then in the weights) instead of the adapter and head alone.
 
     Returns:
         ``directory`` as a Path.
@@ -117,31 +135,150 @@ def save_pretrained(directory: str | os.PathLike, backbone: Backbone, head: nn.M
             directory, a path inside a model directory).
         OutputExistsError: a file or link at ``directory``, or a foreign directory without ``overwrite``.
         OutputLockedError: another process is saving to ``directory``.
+        AdapterError: an adapter-only save of a base that ``load_backbone`` did not build (it has no spec to
+            refer to): save with ``include_base=True``.
     """
-    from safetensors.torch import save_model
-
     from transferkit import __version__
 
     directory = Path(directory)
+    record = backbone.config.get("adapters")
+    adapter_only = record is not None and not include_base
+    if adapter_only and record["base"]["spec"] is None:
+        raise AdapterError(f"the adapter's base {record['base']['name']} was not built by load_backbone, so a saved "
+                           "adapter could not find it again: save with include_base=True, or save the base first "
+                           "(backbone.save_pretrained(DIR)) and build the model on load_backbone(DIR).")
     check_output(directory, overwrite=overwrite)
     with output_lock(directory):
         check_output(directory, overwrite=overwrite)
         files.clean_stale(directory, locked=True)
         with files.replacing_dir(directory) as tmp:
-            holder = nn.Module()
-            holder.backbone = backbone
-            if head is not None:
-                holder.head = head
+            backbone_config = dict(backbone.config)
+            if record is not None:  # the active adapter only (the others are saved from set_adapter(name))
+                backbone_config["adapters"] = active_record(record)
+                if include_base and adapters.METHODS.get(record["method"]).in_place:
+                    del backbone_config["adapters"]  # BitFit / norm-tuning: the adapter is in the weights
             config = {"format": FORMAT, "format_version": FORMAT_VERSION, "transferkit_version": __version__,
-                      "backbone": backbone.config, "head": head.config if head is not None else None,
+                      "backbone": backbone_config, "head": head.config if head is not None else None,
                       "metrics": metrics or {}}
+            if adapter_only:
+                config["saved"] = "adapter"
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-            save_model(holder, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            save_assets = source(backbone.config["source"]).save_assets
-            if save_assets is not None:
-                save_assets(backbone, tmp)
+            if adapter_only:
+                _save_adapter(tmp / "adapter.safetensors", backbone, head)
+            else:
+                _save_whole(tmp / "model.safetensors", backbone, head)
+                save_assets = source(backbone.config["source"]).save_assets
+                if save_assets is not None:
+                    save_assets(backbone, tmp)
             (tmp / "README.md").write_text(model_card(config), encoding="utf-8")
     return directory
+
+
+def active_record(record: dict) -> dict:
+    """An adapters record with the active adapter's settings only."""
+    return {**record, "specs": {record["active"]: record["specs"][record["active"]]}}
+
+
+def _save_whole(path: Path, backbone: Backbone, head: nn.Module | None) -> None:
+    """Every weight, tied ones once (safetensors' ``save_model``), inactive adapters left out."""
+    from safetensors.torch import _remove_duplicate_names, save_file
+
+    holder = nn.Module()
+    holder.backbone = backbone
+    if head is not None:
+        holder.head = head
+    state = holder.state_dict()
+    record = backbone.config.get("adapters")
+    if record is not None:
+        others = set()
+        for name in record["specs"]:
+            if name != record["active"] and not adapters.METHODS.get(record["method"]).in_place:
+                others |= {"backbone." + k for k in adapters.adapter_state(backbone, name)}
+        state = {k: v for k, v in state.items() if k not in others}
+    metadata = {"format": "pt"}
+    for kept, removed in _remove_duplicate_names(state).items():
+        for name in removed:
+            metadata.setdefault(name, kept)
+            del state[name]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+
+
+def _save_adapter(path: Path, backbone: Backbone, head: nn.Module | None) -> None:
+    """The active adapter's tensors ("backbone.*") and the head's ("head.*"), without what the head shares with the
+    base (a generation head tied to the embeddings): small, and nothing the base already holds."""
+    from safetensors.torch import save_file
+
+    shared = {t.data_ptr() for t in backbone.state_dict().values()}
+    state = {"backbone." + k: v for k, v in adapters.adapter_state(backbone).items()}
+    if head is not None:
+        state.update({"head." + k: v for k, v in head.state_dict().items() if v.data_ptr() not in shared})
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+
+
+def load_adapter_dir(directory: Path, config: dict, backbone: Backbone, name: str | None = None) -> tuple[str, dict]:
+    """Put the adapter saved in ``directory`` on ``backbone`` under ``name`` (default: its saved name); returns the name
+    and the head's tensors from the file.
+
+    Raises:
+        BaseMismatchError: ``backbone`` is not the base the adapter was trained on (the message names both).
+        AdapterError: ``name`` is in use, or the adapter's method differs from the backbone's adapters.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    record = config["backbone"].get("adapters")
+    if record is None or config.get("saved") != "adapter":
+        raise CheckpointError(f"{directory} holds a whole model, not an adapter: load it with "
+                              "TransferModel.from_pretrained.")
+    check_base(backbone, record["base"], directory)
+    saved_name = record["active"]
+    name = saved_name if name is None else name
+    path = directory / "adapter.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no adapter.safetensors.")
+    try:
+        state = load_file(path)
+    except SafetensorError as e:
+        raise FileFormatError(f"{path} is damaged: it is truncated or not a safetensors file ({e}). Save the "
+                              "adapter again.") from e
+    spec = record["specs"][saved_name]
+    adapters.restore(backbone, {**record, "specs": {name: spec}, "active": name})
+    renamed = {adapters.rename(backbone, k[len("backbone."):], saved_name, name): v for k, v in state.items()
+               if k.startswith("backbone.")}
+    adapters.load_adapter_state(backbone, renamed, name)
+    return name, {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+
+
+def adapter_base(config: dict, directory: Path, base: "str | os.PathLike | Backbone | None") -> Backbone:
+    """The base backbone a saved adapter goes on: ``base`` when given, else the one its config refers to."""
+    from transferkit.backbones.registry import load_backbone
+
+    if isinstance(base, Backbone):
+        return base
+    if base is not None:
+        return load_backbone(base)
+    reference = config["backbone"]["adapters"]["base"]
+    try:
+        return load_backbone(reference["spec"], **(reference["options"] or {}))
+    except (OSError, KeyError) as e:
+        raise CheckpointError(f"{directory} holds an adapter whose base {reference['spec']!r} cannot be loaded here "
+                              f"({e}): pass the base, TransferModel.from_pretrained(DIR, base=SPEC_OR_DIR).") from e
+
+
+def check_base(backbone: Backbone, reference: dict, directory: Path) -> None:
+    """Refuse an adapter's base that is not the one it was trained on (sha256 fingerprints of the weights)."""
+    record = backbone.config.get("adapters")
+    own = record["base"]["fingerprint"] if record is not None else adapters.fingerprint(backbone)
+    if own != reference["fingerprint"]:
+        given = f"{backbone.config['source']}:{backbone.config['name']}"
+        origin = getattr(backbone, "origin", None) or {}
+        random = " Its base had random weights, which cannot be built again: save it with include_base=True." if (
+            (reference.get("options") or {}).get("weights", "default") is None) else ""
+        raise BaseMismatchError(
+            f"the adapter in {directory} was trained on the base {reference['name']} (loaded as "
+            f"{reference.get('spec')!r}), not on {given} (loaded as {origin.get('spec')!r}): their weights differ "
+            f"(fingerprints {reference['fingerprint'][:12]} vs {own[:12]}).{random} Load it on its own base: "
+            f"TransferModel.from_pretrained({str(directory)!r}).")
 
 
 def model_card(config: dict) -> str:

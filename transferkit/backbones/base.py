@@ -151,6 +151,11 @@ class Backbone(nn.Module):
         self.pooling = pooling
         # How many of the top layer groups learn: None = all, 0 = none (frozen).
         self.trainable_top: int | None = None
+        # PEFT adapters (transferkit.backbones.adapters.Adapters) once add_adapter() is called; their settings
+        # are in config["adapters"].
+        self.adapters = None
+        # load_backbone's spec and options, which a saved adapter records to find its base again.
+        self.origin: dict | None = None
 
     @property
     def modality(self) -> str:
@@ -250,6 +255,11 @@ class Backbone(nn.Module):
         groups = self.layer_groups()
         self.trainable_top = None if top is None or top >= len(groups) else top
         trainable = {id(p) for g in self._trainable_groups(groups)[1] for p in g.params}
+        if self.config.get("adapters") is not None:  # with an adapter on, only its parameters learn
+            from .adapters import trainable_names
+
+            learning = trainable_names(self)
+            trainable &= {id(p) for n, p in self.named_parameters() if n in learning}
         for p in self.parameters():
             p.requires_grad_(id(p) in trainable)
         return self.train(self.training)
@@ -272,6 +282,35 @@ class Backbone(nn.Module):
             for group in self._trainable_groups(self.layer_groups())[0]:
                 for module in group.modules:
                     module.eval()
+        if mode and self.config.get("adapters") is not None:
+            from .adapters import train_mode
+
+            train_mode(self)  # the base's BatchNorm statistics stay as the base had them
+        return self
+
+    def add_adapter(self, method: str = "lora", name: str = "default", **options: Any) -> "Backbone":
+        """Freeze the backbone's own weights and add a PEFT adapter that learns instead (LoRA, DoRA, IA³, prompt
+        tuning, bottleneck adapters, BitFit, norm-tuning); see :mod:`transferkit.backbones.adapters`.
+
+        Example: ``backbone.add_adapter("lora", r=8, target_modules=["query", "value"])``.
+        """
+        from .adapters import add_adapter
+
+        add_adapter(self, method, name, **options)
+        return self
+
+    def set_adapter(self, name: str) -> "Backbone":
+        """Run (and train) the adapter named ``name``."""
+        from .adapters import set_adapter
+
+        set_adapter(self, name)
+        return self
+
+    def merge_adapter(self) -> "Backbone":
+        """Fold the active adapter into the weights and drop the adapters (LoRA, DoRA, IA³, BitFit, norm-tuning)."""
+        from .adapters import merge
+
+        merge(self)
         return self
 
     def _trainable_groups(self, groups: list[LayerGroup]) -> tuple[list[LayerGroup], list[LayerGroup]]:

@@ -158,13 +158,29 @@ class HFEncoder(nn.Module):
         return bool(getattr(self.model.config, "is_encoder_decoder", False))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: torch.Tensor) -> Features:
+        model = self.model
         if self.is_encoder_decoder:
             kwargs.pop("token_type_ids", None)  # a BERT-style tokenizer's segment ids mean nothing to T5 or BART
-            hidden = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                              **kwargs).last_hidden_state
-        else:
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+            model = self.model.get_encoder()
+        prompts = getattr(self, "prompts", None)
+        if prompts is not None and getattr(self, "active_prompt", None) in prompts:
+            return self._prompted(model, prompts[self.active_prompt], input_ids, attention_mask, **kwargs)
+        hidden = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         return Features(tokens=hidden, mask=attention_mask)
+
+    def _prompted(self, model: nn.Module, prompt: torch.Tensor, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor, **kwargs: torch.Tensor) -> Features:
+        """Prompt tuning (:mod:`transferkit.backbones.adapters`): the learnt embeddings go before each text, and
+        their outputs are dropped, so the features have one row per real token as without them."""
+        batch, virtual = input_ids.shape[0], prompt.shape[0]
+        embeds = self.model.get_input_embeddings()(input_ids)
+        embeds = torch.cat([prompt.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1)
+        ones = attention_mask.new_ones(batch, virtual)
+        if "token_type_ids" in kwargs:
+            kwargs["token_type_ids"] = torch.cat([torch.zeros_like(ones), kwargs["token_type_ids"]], dim=1)
+        hidden = model(inputs_embeds=embeds, attention_mask=torch.cat([ones, attention_mask], dim=1),
+                       **kwargs).last_hidden_state
+        return Features(tokens=hidden[:, virtual:], mask=attention_mask)
 
     def feature_info(self) -> dict:
         """Tokens of the model's hidden size, no spatial map or stages."""

@@ -109,20 +109,30 @@ def load_backbone(spec: str | os.PathLike, **options: Any) -> Backbone:
         OfflineError: offline mode is on and the weights are not cached.
     """
     spec_str = os.fspath(spec)
+    backbone, spec_str = _load(spec_str, options)
+    # What a saved adapter refers to, to find its base again (a directory by its absolute path).
+    backbone.origin = {"spec": spec_str, "options": dict(options)}
+    return backbone
+
+
+def _load(spec_str: str, options: dict) -> tuple[Backbone, str]:
     if spec_str in _NAMED:
         builder = _NAMED.get(spec_str)
         fallback = _SOURCES.get(spec_str.partition(":")[0]).build
-        return _call(builder, spec_str, (), options, valid_options(builder, fallback=fallback))
+        return _call(builder, spec_str, (), options, valid_options(builder, fallback=fallback)), spec_str
     if os.path.isdir(spec_str) and os.path.isfile(os.path.join(spec_str, "config.json")) and (
             ":" not in spec_str or os.path.isabs(spec_str)):
-        return SAVED_FORMATS.get("transferkit").load(spec_str, **options)
+        return SAVED_FORMATS.get("transferkit").load(spec_str, **options), os.path.abspath(spec_str)
     prefix, sep, name = spec_str.partition(":")
     if not sep:
         raise UnknownBackboneError(
             f"{spec_str!r} is neither a 'source:name' spec nor a directory written by save_pretrained. "
             f"Known sources: {', '.join(_SOURCES)}.")
     build = source(prefix).build
-    return _call(build, spec_str, (name,), options, valid_options(build, skip=1))
+    backbone = _call(build, spec_str, (name,), options, valid_options(build, skip=1))
+    if prefix in ("word2vec", "glove", "fasttext", "hf") and os.path.exists(name):
+        spec_str = f"{prefix}:{os.path.abspath(name)}"  # a local file or directory, wherever the next run starts
+    return backbone, spec_str
 
 
 def valid_options(builder: Callable[..., Any], *, skip: int = 0,

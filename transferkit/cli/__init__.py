@@ -112,8 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-5, help="backbone learning rate (default 5e-5)")
     p.add_argument("--head-lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
     p.add_argument("--freeze", action="store_true", help="freeze the backbone (same as --strategy linear_probe)")
-    p.add_argument("--strategy", default="full", help="full, linear_probe, gradual_unfreeze, llrd, lp_ft or "
-                                                      "lp_ft_balanced (default full)")
+    p.add_argument("--strategy", default="full", help="full, linear_probe, gradual_unfreeze, llrd, lp_ft, "
+                                                      "lp_ft_balanced, or PEFT: lora, dora, ia3, prompt_tuning, "
+                                                      "bottleneck, bitfit, norm_tuning (default full)")
+    p.add_argument("--strategy-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the strategy (repeatable), e.g. r=16, schedule=lp_ft, "
+                        "target_modules='[\"query\",\"value\"]'")
+    p.add_argument("--save", default="adapter", choices=["adapter", "full", "merged"],
+                   help="PEFT strategies: save the adapter and head with a reference to the base (adapter, the "
+                        "default), the whole model (full), or a plain model with the adapter folded in (merged)")
     p.add_argument("--lr-decay", type=float, help="layer-wise learning-rate decay per layer group, e.g. 0.8")
     p.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (--batch-size is the total)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
@@ -222,7 +229,7 @@ def _finetune(args: argparse.Namespace) -> int:
     # Every check that needs no data comes first: a bad --output or --strategy fails before any training.
     output = check_output(args.output, overwrite=args.overwrite)
     run_dir = Path(args.run_dir).absolute() if args.run_dir else output.with_name(output.name + ".run")
-    get_strategy(args.strategy)
+    get_strategy(args.strategy, **parse_options(args.strategy_option))
     with output_lock(output), output_lock(run_dir):  # a second run on the same --output is refused
         claim_run_dir(run_dir, resume=args.resume)
         return _train_and_save(args, output, run_dir)
@@ -232,6 +239,7 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     import torch
 
     import transferkit as tk
+    from transferkit.trainer.strategies import get_strategy
     tk.seed_everything(args.seed)
     from transferkit.cli.task_data import task_parts
 
@@ -253,7 +261,8 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     # Training state lives beside the model (OUTPUT.run): save_pretrained replaces --output as a whole.
     trainer = tk.Trainer(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
                          head_lr=args.head_lr, optimizer=args.optimizer, schedule=args.schedule, warmup=args.warmup,
-                         precision=args.precision, strategy=args.strategy, lr_decay=args.lr_decay,
+                         precision=args.precision, lr_decay=args.lr_decay,
+                         strategy=get_strategy(args.strategy, **parse_options(args.strategy_option)),
                          **({"metric": args.metric} if args.metric else {}), patience=args.patience, seed=args.seed, device=args.device,
                          num_workers=args.num_workers, group_by_length=args.group_by_length,
                          compile=args.compile, output_dir=str(run_dir),
@@ -281,7 +290,8 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
         best = trainer.evaluate(model, val)
         print("best validation: " + "  ".join(f"{k}={v:.4f}" for k, v in best.items()))
     model.to(torch.device("cpu"))
-    path = model.save_pretrained(output, metrics={f"val_{k}": v for k, v in best.items()}, overwrite=args.overwrite)
+    path = model.save_pretrained(output, metrics={f"val_{k}": v for k, v in best.items()}, overwrite=args.overwrite,
+                                 include_base=args.save == "full", merge=args.save == "merged")
     print(f"saved to {path}")
     return 0
 

@@ -36,6 +36,14 @@ over *all* parameters (frozen ones included, since they may be unfrozen later), 
 at the start of every epoch after ``task.train()``, and :meth:`Strategy.finish` after the last epoch.
 A strategy never unfreezes what the user froze before training (``backbone.freeze()``): it decides
 when the groups the user left trainable learn.
+
+Parameter-efficient fine-tuning (:mod:`transferkit.backbones.adapters`) is a strategy too, and composes with the
+ones above: ``"lora"``, ``"dora"``, ``"ia3"``, ``"prompt_tuning"``, ``"bottleneck"``, ``"bitfit"`` and
+``"norm_tuning"`` add that adapter to the backbone when training starts (unless it has one already: then they
+train it), and follow the schedule of the strategy named by ``schedule`` (default ``"full"``):
+``get_strategy("lora", r=16, schedule="lp_ft")`` probes the head first, then trains the head and the LoRA
+weights. The backbone's own weights stay frozen; the head always learns. Adapters are new parameters, like the
+head, so they learn at the head's rate (``head_lr``, else ``lr``), with ``lr_decay`` applied below the top group.
 """
 
 from __future__ import annotations
@@ -74,6 +82,8 @@ class Strategy:
     lr_decay: float | None = None
     balanced_epochs: int = 0
     beta: float = 0.999
+    # A PEFT adapter added in prepare(): (method, options) for transferkit.backbones.adapters.add_adapter.
+    adapter: tuple[str, dict] | None = None
     # Filled by prepare(): the class-balanced weights; the task's own weights and the backbone's own
     # trainable_top, which apply() never exceeds and finish() restores.
     weights: torch.Tensor | None = field(default=None, init=False, repr=False)
@@ -103,8 +113,10 @@ class Strategy:
         seen: set[int] = set()
         if backbone is not None:
             groups = backbone.layer_groups()
+            # Adapters are new parameters like the head's: they learn at its rate.
+            top = (head_lr or lr) if backbone.config.get("adapters") is not None else lr
             for i, group in enumerate(groups):
-                rate = lr * decay ** (len(groups) - 1 - i) if decay is not None else lr
+                rate = top * decay ** (len(groups) - 1 - i) if decay is not None else top
                 named.append((f"backbone.{group.name}", rate, group.params))
                 seen.update(id(p) for p in group.params)
         head = [p for p in task.parameters() if id(p) not in seen]
@@ -128,6 +140,8 @@ class Strategy:
                 or on streamed training data, whose classes cannot be counted first.
         """
         backbone = find_backbone(task)
+        if self.adapter is not None:
+            add_strategy_adapter(backbone, *self.adapter, strategy=self.name)
         self._start_top = backbone.trainable_top if backbone is not None else None
         if not self.balanced_epochs:
             return
@@ -194,6 +208,26 @@ def class_balanced_weights(counts: list[int], beta: float = 0.999) -> torch.Tens
     weights[present] = (1 - beta) / (1 - beta ** n[present])
     weights[present] /= weights[present].mean()
     return weights.float()
+
+
+def add_strategy_adapter(backbone, method: str, options: dict, strategy: str) -> None:
+    """The adapter of a PEFT strategy, unless the backbone has adapters of that method already (then those train).
+
+    Raises:
+        ConfigError: a task without a backbone, or a backbone whose adapters are of another method.
+    """
+    from transferkit.backbones.adapters import METHODS
+
+    if backbone is None:
+        raise ConfigError(f"strategy {strategy!r} adds a PEFT adapter to the backbone, and the task has none.")
+    record = backbone.config.get("adapters")
+    wanted = METHODS.normalise(method)
+    if record is None:
+        backbone.add_adapter(method, **options)
+    elif record["method"] != ("lora" if wanted == "dora" else wanted):
+        raise ConfigError(f"strategy {strategy!r} trains a {wanted!r} adapter, and the backbone already has "
+                          f"{record['method']!r} adapters ({', '.join(record['specs'])}): choose strategy "
+                          f"{record['method']!r} (or 'full') to train them, or load the base again.")
 
 
 def find_backbone(task: nn.Module):
@@ -289,3 +323,66 @@ def lp_ft_balanced(probe_epochs: int = 1, beta: float = 0.999, lr_decay: float |
 def llrd(lr_decay: float = 0.8) -> Strategy:
     """Full fine-tuning, each layer group learning ``lr_decay`` times as fast as the one above it."""
     return Strategy("llrd", lambda epoch: None, lr_decay=lr_decay)
+
+
+# --- parameter-efficient fine-tuning: an adapter, on the schedule of another strategy ---------------------------
+
+def with_adapter(method: str, options: dict, schedule: "str | Strategy" = "full") -> Strategy:
+    """The strategy ``schedule`` (a name or a Strategy) training a ``method`` adapter instead of the whole backbone."""
+    import dataclasses
+
+    base = get_strategy(schedule)
+    if base.adapter is not None:
+        raise ConfigError(f"schedule {base.name!r} already adds a {base.adapter[0]!r} adapter: name a strategy "
+                          "without one (full, lp_ft, gradual_unfreeze, llrd...).")
+    name = method if base.name == "full" else f"{method}+{base.name}"
+    return dataclasses.replace(base, name=name, adapter=(method, options))
+
+
+@register_strategy("lora")
+def lora(r: int = 8, alpha: float = 16, dropout: float = 0.0, dora: bool = False, rslora: bool = False,
+         target_modules: list[str] | None = None, schedule: str = "full") -> Strategy:
+    """LoRA (Hu et al. 2021, arXiv 2106.09685): rank-``r`` updates of the target modules, scaled ``alpha / r``
+    (``alpha / sqrt(r)`` with ``rslora``); ``dora`` decomposes weights into magnitude and direction (DoRA)."""
+    return with_adapter("lora", {"r": r, "alpha": alpha, "dropout": dropout, "dora": dora, "rslora": rslora,
+                                 "target_modules": target_modules}, schedule)
+
+
+@register_strategy("dora")
+def dora(r: int = 8, alpha: float = 16, dropout: float = 0.0, rslora: bool = False,
+         target_modules: list[str] | None = None, schedule: str = "full") -> Strategy:
+    """DoRA (Liu et al. 2024, arXiv 2402.09353): LoRA on the direction of each weight, a learnt magnitude."""
+    return with_adapter("lora", {"r": r, "alpha": alpha, "dropout": dropout, "dora": True, "rslora": rslora,
+                                 "target_modules": target_modules}, schedule)
+
+
+@register_strategy("ia3")
+def ia3(target_modules: list[str] | None = None, feedforward_modules: list[str] | None = None,
+        schedule: str = "full") -> Strategy:
+    """(IA)^3 (Liu et al. 2022, arXiv 2205.05638): learnt rescaling of the target modules' activations."""
+    return with_adapter("ia3", {"target_modules": target_modules, "feedforward_modules": feedforward_modules},
+                        schedule)
+
+
+@register_strategy("prompt_tuning")
+def prompt_tuning(num_virtual_tokens: int = 20, schedule: str = "full") -> Strategy:
+    """Prompt tuning (Lester et al. 2021, arXiv 2104.08691): learnt embeddings before every text."""
+    return with_adapter("prompt_tuning", {"num_virtual_tokens": num_virtual_tokens}, schedule)
+
+
+@register_strategy("bottleneck")
+def bottleneck(size: int = 64, target_modules: list[str] | None = None, schedule: str = "full") -> Strategy:
+    """Houlsby bottleneck adapters (Houlsby et al. 2019, arXiv 1902.00751) of width ``size``."""
+    return with_adapter("bottleneck", {"size": size, "target_modules": target_modules}, schedule)
+
+
+@register_strategy("bitfit")
+def bitfit(schedule: str = "full") -> Strategy:
+    """BitFit (Ben Zaken et al. 2022, arXiv 2106.10199): only the backbone's biases learn."""
+    return with_adapter("bitfit", {}, schedule)
+
+
+@register_strategy("norm_tuning")
+def norm_tuning(schedule: str = "full") -> Strategy:
+    """Only the backbone's normalisation layers learn (LayerNorm tuning; BatchNorm-only training)."""
+    return with_adapter("norm_tuning", {}, schedule)

@@ -1,0 +1,627 @@
+"""Parameter-efficient fine-tuning (PEFT): small trainable adapters on a frozen backbone of any family.
+
+``backbone.add_adapter("lora", r=8)`` freezes the backbone's own weights and adds what learns instead; every
+strategy (:mod:`transferkit.trainer.strategies`) and every head then works as before, with only the adapter (and
+the head, which always learns) trained. The methods:
+
+* ``"lora"`` — low-rank updates ``W + (alpha / r) B A`` of linear, convolutional and embedding layers (Hu et al.
+  2021, "LoRA", arXiv 2106.09685), through the ``peft`` library's layers, which wrap any ``nn.Module``'s
+  ``Linear``/``Conv2d``/``Embedding``/GPT-2 ``Conv1D`` — so timm and torchvision networks (a ViT's fused ``qkv``
+  included) and word vectors get it, not only transformers. ``dora=True``: weight-decomposed LoRA (Liu et al.
+  2024, "DoRA", arXiv 2402.09353); ``rslora=True``: the rank-stabilised scale ``alpha / sqrt(r)``
+  (Kalajdzievski 2023, arXiv 2312.03732). ``"dora"`` is ``"lora"`` with ``dora=True``.
+* ``"ia3"`` — learnt rescaling of activations (Liu et al. 2022, "(IA)^3", arXiv 2205.05638), ``peft``'s layers.
+* ``"prompt_tuning"`` — ``num_virtual_tokens`` learnt input embeddings before every text (Lester et al. 2021,
+  arXiv 2104.08691), for transformer language models. Written here rather than taken from ``peft``, whose prompt
+  tuning lives in the forward pass of its transformers task models and returns the virtual tokens among the
+  outputs: here their outputs are dropped, so token heads (NER, QA) still see one output per real token.
+* ``"bottleneck"`` — Houlsby adapters (Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP",
+  arXiv 1902.00751): ``y + up(gelu(down(y)))`` after the attention and feed-forward output projections (text,
+  ViT), after each stage (CNNs: 1×1 convolutions), after the vectors (word vectors); ``up`` starts at zero.
+  Written here: ``peft`` has none, and the ``adapters`` library works on transformers models only.
+* ``"bitfit"`` — the biases alone learn (Ben Zaken et al. 2022, "BitFit", arXiv 2106.10199).
+* ``"norm_tuning"`` — the normalisation layers alone learn (LayerNorm tuning, Zhao et al. 2023, arXiv
+  2312.11420; BatchNorm: Frankle et al. 2021, "Training BatchNorm and Only BatchNorm", arXiv 2003.00152).
+  BitFit and norm-tuning add no module, so they need no library: they choose which parameters learn.
+
+Default target modules per family (:func:`default_targets`), all overridable with ``target_modules=`` (module
+names or name suffixes, checked: an unknown one lists the valid ones): transformers — ``peft``'s table per model
+type (BERT ``query``/``value``, GPT-2 ``c_attn``, Llama ``q_proj``/``v_proj``...), else the attention projections;
+ViT-like vision networks — the fused ``qkv`` (timm) or the MLP (torchvision, whose attention does not call its
+``out_proj`` module); CNNs — every ungrouped convolution after the stem; word vectors — the vector table.
+
+While an adapter is on, the backbone's own weights are a fixed function: they get no gradient, and normalisation
+layers that do not learn keep their running statistics (eval mode), so an adapter saved alone fits its base
+exactly. Several adapters of one method can be added under names and switched (:func:`set_adapter`);
+:func:`merge` folds the active one into the weights (LoRA, DoRA, IA³; BitFit and norm-tuning are already in the
+weights) and removes the adapter machinery, for export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from transferkit.errors import AdapterError
+from transferkit.registry import Registry
+
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One PEFT method: how it adds an adapter, whether it can be merged into the weights."""
+
+    add: Callable[..., None]  # add(backbone, name, options) with options resolved (target modules full names)
+    options: dict  # the method's options and their defaults
+    mergeable: bool
+    in_place: bool = False  # trains some of the backbone's own parameters (bitfit, norm_tuning)
+    uses_peft: bool = False
+
+
+METHODS: Registry[Method] = Registry("PEFT method", hint="(CLI: --strategy lora|dora|ia3|prompt_tuning|bottleneck|"
+                                                         "bitfit|norm_tuning)",
+                                     normalise=lambda s: str(s).strip().lower().replace("-", "_"))
+
+
+@dataclass
+class Adapters:
+    """The adapters on one backbone (``backbone.adapters``); their settings live in ``backbone.config["adapters"]``.
+
+    Attributes:
+        tuner: ``peft``'s tuner for ``peft`` methods (kept outside the module tree: its layers are the backbone's).
+        stash: in-place methods: each inactive adapter's tensors, and the base's (``"__base__"``).
+    """
+
+    tuner: Any = None
+    stash: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+# --- the public functions (Backbone and TransferModel methods call them) ---------------------------------------
+
+def add_adapter(backbone, method: str = "lora", name: str = "default", **options: Any) -> None:
+    """Add an adapter named ``name`` to ``backbone`` and make it the active one; see the module docstring.
+
+    Args:
+        method: ``"lora"``, ``"dora"``, ``"ia3"``, ``"prompt_tuning"``, ``"bottleneck"``, ``"bitfit"``,
+            ``"norm_tuning"``.
+        name: the adapter's name, for :func:`set_adapter` and saving.
+        **options: the method's options (``r``, ``alpha``, ``dropout``, ``dora``, ``rslora``,
+            ``target_modules``, ``num_virtual_tokens``, ``size``...); unknown ones are refused with the list.
+
+    Raises:
+        AdapterError: an unknown method or option, a bad name, a name in use, another method than the adapters
+            already on the backbone, target modules the backbone does not have (the message lists the valid ones),
+            or a method the backbone's family cannot take (prompt tuning of a vision network).
+    """
+    method = METHODS.normalise(method)
+    if method == "dora":
+        method, options = "lora", {**options, "dora": True}
+    if method not in METHODS:
+        raise AdapterError(f"unknown PEFT method {method!r}: choose one of {', '.join(METHODS)}.")
+    spec = METHODS.get(method)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise AdapterError(f"PEFT method {method!r} does not take the option(s) {unknown}; its options: "
+                           f"{', '.join(f'{k}={v!r}' for k, v in spec.options.items()) or '(none)'}.")
+    if not isinstance(name, str) or not NAME.match(name) or name == "__base__":
+        raise AdapterError(f"adapter name {name!r} is not usable: use letters, digits, '_' or '-' (e.g. 'sentiment').")
+    record = backbone.config.get("adapters")
+    if record is not None:
+        if name in record["specs"]:
+            raise AdapterError(f"the backbone already has an adapter named {name!r} (it has: "
+                               f"{', '.join(record['specs'])}): choose another name.")
+        if record["method"] != method:
+            raise AdapterError(f"the backbone's adapters are {record['method']!r}; one backbone holds adapters of one "
+                               f"method, so a {method!r} adapter cannot join them: load the base again for it.")
+    resolved = {**spec.options, **options}
+    if "target_modules" in spec.options:
+        resolved["target_modules"] = resolve_targets(backbone, method, options.get("target_modules"))
+    if record is None:
+        record = {"method": method, "active": name, "specs": {}, "base": base_reference(backbone)}
+        backbone.adapters = Adapters()
+    if spec.in_place and backbone.adapters.stash == {}:
+        backbone.adapters.stash["__base__"] = _tensors(backbone, _in_place_names(backbone, method, resolved))
+    elif spec.in_place:  # the new adapter starts from the base, like any fresh adapter
+        _stash_active(backbone, record)
+        _put(backbone, backbone.adapters.stash["__base__"])
+    spec.add(backbone, name, resolved)
+    record["specs"][name] = resolved
+    record["active"] = name
+    backbone.config["adapters"] = record
+    if spec.in_place:
+        backbone.adapters.stash[name] = _tensors(backbone, _in_place_names(backbone, method, resolved))
+    _activate(backbone, name)
+
+
+def set_adapter(backbone, name: str) -> None:
+    """Make adapter ``name`` the one that runs (and trains).
+
+    Raises:
+        AdapterError: the backbone has no adapter of that name (the message lists those it has).
+    """
+    record = _record(backbone)
+    if name not in record["specs"]:
+        raise AdapterError(f"the backbone has no adapter named {name!r}; it has: {', '.join(record['specs'])}.")
+    if METHODS.get(record["method"]).in_place and name != record["active"]:
+        _stash_active(backbone, record)
+        _put(backbone, backbone.adapters.stash[name])
+    record["active"] = name
+    _activate(backbone, name)
+
+
+def adapter_names(backbone) -> list[str]:
+    """The names of the backbone's adapters (empty without any)."""
+    record = backbone.config.get("adapters")
+    return [] if record is None else list(record["specs"])
+
+
+def trainable_names(backbone, name: str | None = None) -> set[str]:
+    """Names (in ``backbone.named_parameters()``) of the parameters adapter ``name`` (default: the active one) trains."""
+    record = _record(backbone)
+    name = record["active"] if name is None else name
+    spec = record["specs"][name]
+    if METHODS.get(record["method"]).in_place:
+        return set(_in_place_names(backbone, record["method"], spec))
+    pattern = re.compile(rf"\.({'|'.join(map(re.escape, _adapter_attrs(backbone)))})\.{re.escape(name)}(\.|$)")
+    return {n for n, _ in backbone.named_parameters() if pattern.search(n)}
+
+
+def adapter_state(backbone, name: str | None = None) -> dict[str, torch.Tensor]:
+    """What adapter ``name`` (default: the active one) adds to its base: its parameters, and the running statistics of
+    normalisation layers it trains (norm-tuning of BatchNorm); keys as in ``backbone.state_dict()``."""
+    names = trainable_names(backbone, name)
+    state = {n: p for n, p in backbone.named_parameters() if n in names}
+    owners = {n.rpartition(".")[0] for n in names}
+    state.update({n: b for n, b in backbone.named_buffers() if n.rpartition(".")[0] in owners})
+    return {k: v.detach() for k, v in state.items()}
+
+
+def load_adapter_state(backbone, state: dict[str, torch.Tensor], name: str) -> None:
+    """Copy ``state`` (from :func:`adapter_state`, keys as in ``backbone.state_dict()``) into adapter ``name``."""
+    own = dict(backbone.named_parameters()) | dict(backbone.named_buffers())
+    missing = sorted(set(adapter_state(backbone, name)) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise AdapterError(f"the adapter's weights do not fit its settings: missing {missing[:5]}, unexpected "
+                           f"{unexpected[:5]}. The adapter file is damaged or was written for other target modules.")
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value)
+    record = _record(backbone)
+    if METHODS.get(record["method"]).in_place:
+        backbone.adapters.stash[name] = {k: v.detach().clone() for k, v in state.items() if k in own}
+
+
+def restore(backbone, record: dict) -> None:
+    """Add the adapters of a saved ``record`` (settings resolved when they were first added) to a fresh base, and
+    record them; their weights are loaded afterwards. The base fingerprint is the record's."""
+    method = METHODS.get(record["method"])
+    existing = backbone.config.get("adapters")
+    if existing is not None and existing["method"] != record["method"]:
+        raise AdapterError(f"the backbone's adapters are {existing['method']!r}; one backbone holds adapters of one "
+                           f"method, so the saved {record['method']!r} adapter cannot join them.")
+    for name in record["specs"]:
+        if existing is not None and name in existing["specs"]:
+            raise AdapterError(f"the backbone already has an adapter named {name!r} (it has: "
+                               f"{', '.join(existing['specs'])}): load this one under another name.")
+    if existing is None:
+        backbone.adapters = Adapters()
+        backbone.config["adapters"] = existing = {"method": record["method"], "active": record["active"],
+                                                  "specs": {}, "base": record["base"]}
+    for name, spec in record["specs"].items():
+        options = dict(spec)
+        if method.in_place:
+            if not backbone.adapters.stash:
+                backbone.adapters.stash["__base__"] = _tensors(backbone, _in_place_names(backbone, record["method"],
+                                                                                         options))
+            elif existing["specs"]:
+                _stash_active(backbone, existing)
+                _put(backbone, backbone.adapters.stash["__base__"])
+        method.add(backbone, name, options)
+        existing["specs"][name] = options
+        existing["active"] = name
+        if method.in_place:
+            backbone.adapters.stash[name] = _tensors(backbone, _in_place_names(backbone, record["method"], options))
+    _activate(backbone, record["active"])
+
+
+def rename(backbone, key: str, old: str, new: str) -> str:
+    """A parameter name of adapter ``old`` as it is for adapter ``new`` (``...lora_A.old.weight``)."""
+    if old == new:
+        return key
+    attrs = "|".join(map(re.escape, _adapter_attrs(backbone)))
+    return re.sub(rf"\.({attrs})\.{re.escape(old)}(\.|$)", lambda m: f".{m.group(1)}.{new}{m.group(2)}", key)
+
+
+def merge(backbone) -> None:
+    """Fold the active adapter into the backbone's weights and remove every adapter (the backbone is a plain one).
+
+    Raises:
+        AdapterError: the method cannot be merged (bottleneck adapters and prompt tuning add computation, not a
+            change of weights): save the model with ``include_base=True`` instead.
+    """
+    record = _record(backbone)
+    spec = METHODS.get(record["method"])
+    if not spec.mergeable:
+        raise AdapterError(f"{record['method']!r} adapters cannot be merged into the weights: they add layers or "
+                           "inputs, not a change of weights. Save the whole model instead "
+                           "(save_pretrained(..., include_base=True)), which export also takes.")
+    if spec.uses_peft:
+        with torch.no_grad():
+            backbone.adapters.tuner.merge_and_unload(adapter_names=[record["active"]])
+        for p in backbone.parameters():
+            p.requires_grad_(True)
+    del backbone.config["adapters"]
+    backbone.adapters = None
+    backbone.set_trainable(backbone.trainable_top)
+
+
+def train_mode(backbone) -> None:
+    """Inside ``backbone.train()``: normalisation layers that do not learn keep their statistics (eval mode)."""
+    learning = trainable_names(backbone)
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                f"{name}.{p}" in learning for p, _ in module.named_parameters(recurse=False)):
+            module.eval()
+
+
+# --- the base a saved adapter refers to -------------------------------------------------------------------------
+
+def base_reference(backbone) -> dict:
+    """Where the base comes from (``load_backbone``'s spec and options) and a fingerprint of its weights."""
+    origin = getattr(backbone, "origin", None)
+    return {"name": f"{backbone.config['source']}:{backbone.config['name']}",
+            "spec": None if origin is None else origin["spec"],
+            "options": None if origin is None else origin["options"],
+            "fingerprint": fingerprint(backbone)}
+
+
+def fingerprint(backbone) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of the backbone's own tensors (adapters excluded)."""
+    digest = hashlib.sha256()
+    adapters = backbone.config.get("adapters")
+    skip = set(adapter_state(backbone, n)) if adapters is not None and not METHODS.get(
+        adapters["method"]).in_place else set()
+    for key, tensor in sorted(backbone.state_dict().items()):
+        if key in skip:
+            continue
+        digest.update(f"{key.replace('.base_layer', '')}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+# --- target modules ---------------------------------------------------------------------------------------------
+
+def adaptable_modules(backbone, method: str) -> dict[str, nn.Module]:
+    """Modules (full names in the encoder) that ``method`` can adapt."""
+    from transformers.pytorch_utils import Conv1D
+
+    kinds: tuple[type, ...] = {"lora": (nn.Linear, nn.Conv2d, nn.Embedding, Conv1D),
+                               "ia3": (nn.Linear, nn.Conv2d, Conv1D),
+                               "bottleneck": (nn.Linear, nn.Conv2d, nn.Embedding, Conv1D, nn.Module)}[method]
+    inside_attention = {f"{n}.{c}" for n, m in backbone.encoder.named_modules()
+                        if isinstance(m, nn.MultiheadAttention) for c, _ in m.named_children()}
+    out = {}
+    for name, module in backbone.encoder.named_modules():
+        if not name or name in inside_attention or "lora_" in name or ".bottleneck" in name:
+            continue
+        if method == "bottleneck" and type(module) is nn.Module:
+            continue
+        if isinstance(module, kinds) and (method != "bottleneck" or _width(backbone, name, module) is not None):
+            out[name] = module
+    return out
+
+
+def resolve_targets(backbone, method: str, targets: list[str] | str | None) -> list[str]:
+    """Full module names for ``targets`` (names or suffixes; ``None``: :func:`default_targets`).
+
+    Raises:
+        AdapterError: a target matches no module ``method`` can adapt; the message lists the valid names.
+    """
+    valid = adaptable_modules(backbone, method)
+    if targets is None:
+        targets = default_targets(backbone, method)
+    elif isinstance(targets, str):
+        targets = [targets]
+    out: list[str] = []
+    for target in targets:
+        found = [n for n in valid if n == target or n.endswith("." + target)]
+        if not found:
+            short = sorted({n.rsplit(".", 1)[-1] for n in valid})
+            raise AdapterError(f"target module {target!r} is not a module {method!r} can adapt in "
+                               f"{backbone.config['source']}:{backbone.config['name']}. Valid names (or suffixes "
+                               f"of the full names, e.g. {next(iter(valid), '?')!r}): {', '.join(short)}.")
+        out += [n for n in found if n not in out]
+    if not out:
+        raise AdapterError(f"{method!r} found nothing to adapt in {backbone.config['source']}:"
+                           f"{backbone.config['name']}: give target_modules (see adaptable_modules).")
+    return out
+
+
+# The residual output projections Houlsby adapters follow, per transformers model type (name suffixes).
+BOTTLENECK_TARGETS = {"bert": ["output.dense"], "roberta": ["output.dense"], "xlm-roberta": ["output.dense"],
+                      "electra": ["output.dense"], "deberta-v2": ["output.dense"], "distilbert": ["out_lin", "lin2"],
+                      "gpt2": ["c_proj"], "llama": ["o_proj", "down_proj"], "mistral": ["o_proj", "down_proj"],
+                      "qwen2": ["o_proj", "down_proj"], "t5": ["SelfAttention.o", "DenseReluDense.wo"],
+                      "bart": ["out_proj", "fc2"]}
+TEXT_ATTENTION = re.compile(r"(^|\.)(query|key|value|q_proj|k_proj|v_proj|q|k|v|c_attn|qkv|Wqkv)$")
+RESIDUAL_OUT = re.compile(r"(^|\.)(output\.dense|o_proj|out_proj|c_proj|down_proj|fc2|wo|o)$")
+
+
+def default_targets(backbone, method: str) -> list[str]:
+    """The default target modules of ``method`` for ``backbone``'s family (module docstring); full names."""
+    valid = adaptable_modules(backbone, method)
+    family = _family(backbone)
+    if family == "word_vectors":
+        return [n for n in valid if n in ("embeddings", "ngrams")]
+    if family == "text":
+        from peft.utils.constants import (TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+                                          TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
+
+        model_type = getattr(getattr(backbone.encoder.model, "config", None), "model_type", None)
+        table = {"lora": TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+                 "ia3": TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING, "bottleneck": BOTTLENECK_TARGETS}[method]
+        suffixes = table.get(model_type)
+        if suffixes:
+            found = [n for n in valid if any(n == s or n.endswith("." + s) for s in suffixes)]
+            if found:
+                return found
+        wanted = RESIDUAL_OUT if method == "bottleneck" else TEXT_ATTENTION
+        return [n for n in valid if wanted.search(n)] or [n for n, m in valid.items() if isinstance(m, nn.Linear)]
+    # vision
+    linear = {n: m for n, m in valid.items() if isinstance(m, nn.Linear)}
+    if any(n.endswith(".qkv") for n in linear):  # timm ViT-like: the fused attention projection
+        if method == "bottleneck":
+            return [n for n in linear if n.endswith((".attn.proj", ".mlp.fc2"))]
+        return [n for n in linear if n.endswith(".qkv")] + (
+            [n for n in linear if n.endswith(".mlp.fc2")] if method == "ia3" else [])
+    mlp = [n for n in linear if re.search(r"\.mlp\.\d+$", n)]
+    if mlp:  # torchvision ViT: nn.MultiheadAttention does not call its out_proj module
+        return [n for n in mlp if n.endswith(".3")] if method == "bottleneck" else mlp
+    if method == "bottleneck":  # CNNs: after each stage
+        stages = [f"model.{s.name}" for s in backbone.feature_info.stages]
+        return [s for s in stages if s in valid]
+    return [n for n, m in valid.items() if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels > 3]
+
+
+def _family(backbone) -> str:
+    if backbone.modality == "image":
+        return "vision"
+    model = getattr(backbone.encoder, "model", None)
+    return "text" if isinstance(model, nn.Module) and hasattr(model, "config") else "word_vectors"
+
+
+def _width(backbone, name: str, module: nn.Module) -> int | None:
+    """The channels or features a module outputs (bottleneck adapters are sized by it), or None when unknown."""
+    for attr in ("out_features", "out_channels", "embedding_dim", "nf"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    if backbone.modality == "image":
+        for stage in backbone.feature_info.stages:
+            if f"model.{stage.name}" == name:
+                return stage.channels
+    return None
+
+
+# --- the methods ------------------------------------------------------------------------------------------------
+
+def _register(name: str, options: dict, *, mergeable: bool, in_place: bool = False, uses_peft: bool = False):
+    def decorator(fn):
+        METHODS.register(name, Method(fn, options, mergeable, in_place, uses_peft))
+        return fn
+    return decorator
+
+
+@_register("lora", {"r": 8, "alpha": 16, "dropout": 0.0, "dora": False, "rslora": False, "target_modules": None},
+           mergeable=True, uses_peft=True)
+def _lora(backbone, name: str, o: dict) -> None:
+    LoraConfig = _peft_module().LoraConfig
+
+    if o["r"] < 1:
+        raise AdapterError(f"LoRA rank r must be >= 1, got {o['r']!r}.")
+    _peft(backbone, name, LoraConfig(r=o["r"], lora_alpha=o["alpha"], lora_dropout=o["dropout"], use_dora=o["dora"],
+                                     use_rslora=o["rslora"], target_modules=list(o["target_modules"]), bias="none"))
+
+
+@_register("ia3", {"target_modules": None, "feedforward_modules": None}, mergeable=True, uses_peft=True)
+def _ia3(backbone, name: str, o: dict) -> None:
+    IA3Config = _peft_module().IA3Config
+
+    targets = o["target_modules"]
+    feedforward = o["feedforward_modules"]
+    if feedforward is None:  # peft's per-model-type table, else the output projections among the targets
+        feedforward = [t for t in targets if RESIDUAL_OUT.search(t) or t.endswith((".fc2", "mlp.3"))]
+    else:
+        feedforward = [t for t in targets if any(t == f or t.endswith("." + f) for f in feedforward)]
+    o["feedforward_modules"] = feedforward
+    _peft(backbone, name, IA3Config(target_modules=list(targets), feedforward_modules=list(feedforward)))
+
+
+def _peft_module():
+    try:
+        import peft
+    except ImportError as e:
+        raise AdapterError("LoRA, DoRA and IA³ adapters use the peft library, which is not installed: "
+                           "pip install 'transferkit[peft]' (or pip install peft).") from e
+    return peft
+
+
+def _peft(backbone, name: str, config) -> None:
+    import warnings
+
+    encoder = backbone.encoder
+    adapters = backbone.adapters
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no model.config" and similar notes about non-transformers modules
+        if adapters.tuner is None:
+            from peft.tuners import IA3Model, LoraModel
+
+            tuner_cls = LoraModel if type(config).__name__ == "LoraConfig" else IA3Model
+            adapters.tuner = tuner_cls(encoder, config, name)
+        else:
+            adapters.tuner.peft_config[name] = config
+            adapters.tuner.inject_adapter(encoder, name)
+
+
+@_register("bitfit", {}, mergeable=True, in_place=True)
+def _bitfit(backbone, name: str, o: dict) -> None:
+    if not _in_place_names(backbone, "bitfit", o):
+        raise AdapterError(f"{backbone.config['source']}:{backbone.config['name']} has no biases, so BitFit would "
+                           "train nothing: choose 'lora' or 'bottleneck'.")
+
+
+@_register("norm_tuning", {}, mergeable=True, in_place=True)
+def _norm_tuning(backbone, name: str, o: dict) -> None:
+    if not _in_place_names(backbone, "norm_tuning", o):
+        raise AdapterError(f"{backbone.config['source']}:{backbone.config['name']} has no normalisation layers, so "
+                           "norm-tuning would train nothing: choose 'lora' or 'bottleneck'.")
+
+
+def _in_place_names(backbone, method: str, options: dict) -> list[str]:
+    """The backbone's own parameters BitFit (biases) or norm-tuning (normalisation layers) trains; a transformers
+    model's ``pooler`` is left out: transferkit's heads pool the tokens themselves and never call it."""
+    if method == "bitfit":
+        out = [n for n, _ in backbone.named_parameters() if n.rpartition(".")[2] == "bias"]
+    else:
+        out = [f"{module_name}.{p}" for module_name, module in backbone.named_modules()
+               if "norm" in type(module).__name__.lower() for p, _ in module.named_parameters(recurse=False)]
+    return [n for n in out if ".pooler." not in n and ".bottleneck." not in n]
+
+
+@_register("bottleneck", {"size": 64, "target_modules": None}, mergeable=False)
+def _bottleneck(backbone, name: str, o: dict) -> None:
+    if o["size"] < 1:
+        raise AdapterError(f"bottleneck size must be >= 1, got {o['size']!r}.")
+    for target in o["target_modules"]:
+        module = backbone.encoder.get_submodule(target)
+        if not isinstance(module, Bottlenecked):
+            parent, _, child = target.rpartition(".")
+            wrapped = Bottlenecked(module, _width(backbone, target, module), spatial=_is_spatial(backbone, module))
+            setattr(backbone.encoder.get_submodule(parent) if parent else backbone.encoder, child, wrapped)
+            module = wrapped
+        module.add(name, o["size"])
+
+
+def _is_spatial(backbone, module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) or (backbone.modality == "image" and not isinstance(
+        module, (nn.Linear, nn.Embedding)) and not hasattr(module, "nf"))
+
+
+class Bottlenecked(nn.Module):
+    """A module followed by Houlsby bottleneck adapters, one per name: ``y + up(gelu(down(y)))``, ``up`` zero at
+    the start (so a fresh adapter changes nothing). On ``[B, C, H, W]`` maps ``down``/``up`` are 1×1 convolutions.
+
+    Attributes:
+        base_layer: the wrapped module (its parameters keep their names under ``base_layer``).
+        bottleneck: the adapters by name; ``active`` runs (``None``: none).
+    """
+
+    def __init__(self, base_layer: nn.Module, width: int, spatial: bool):
+        super().__init__()
+        self.base_layer = base_layer
+        self.width = width
+        self.spatial = spatial
+        self.bottleneck = nn.ModuleDict()
+        self.active: str | None = None
+
+    def add(self, name: str, size: int) -> None:
+        layer = nn.Conv2d if self.spatial else nn.Linear
+        down, up = (layer(self.width, size, 1), layer(size, self.width, 1)) if self.spatial else (
+            layer(self.width, size), layer(size, self.width))
+        nn.init.zeros_(up.weight)
+        nn.init.zeros_(up.bias)
+        self.bottleneck[name] = nn.Sequential(down, nn.GELU(), up)
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped module's attributes (an Embedding's embedding_dim...)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("base_layer"), name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.base_layer(*args, **kwargs)
+        if self.active is None:
+            return out
+        first = out[0] if isinstance(out, tuple) else out
+        first = first + self.bottleneck[self.active](first)
+        return (first, *out[1:]) if isinstance(out, tuple) else first
+
+
+@_register("prompt_tuning", {"num_virtual_tokens": 20}, mergeable=False)
+def _prompt_tuning(backbone, name: str, o: dict) -> None:
+    if _family(backbone) != "text":
+        raise AdapterError(f"prompt tuning prepends learnt token embeddings to a transformer language model's input; "
+                           f"{backbone.config['source']}:{backbone.config['name']} is not one: choose 'lora'.")
+    if o["num_virtual_tokens"] < 1:
+        raise AdapterError(f"num_virtual_tokens must be >= 1, got {o['num_virtual_tokens']!r}.")
+    encoder = backbone.encoder
+    if getattr(encoder, "prompts", None) is None:
+        encoder.prompts = nn.ParameterDict()
+    table = encoder.model.get_input_embeddings().weight
+    # Initialised from the embeddings of random vocabulary tokens (Lester et al. 2021: better than random values).
+    rows = torch.randint(0, table.shape[0], (o["num_virtual_tokens"],))
+    encoder.prompts[name] = nn.Parameter(table.detach()[rows].clone())
+
+
+def _adapter_attrs(backbone) -> set[str]:
+    """The attribute names under which adapters keep their per-name parameters (peft's layers, ours)."""
+    attrs = {"bottleneck", "prompts"}
+    record = backbone.config.get("adapters")
+    if record is not None and METHODS.get(record["method"]).uses_peft:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in backbone.modules():
+            if isinstance(module, BaseTunerLayer):
+                attrs.update(module.adapter_layer_names)
+    return attrs
+
+
+def _activate(backbone, name: str) -> None:
+    """Run adapter ``name``, and let only it (and the head) learn among the backbone's parameters."""
+    record = _record(backbone)
+    if METHODS.get(record["method"]).uses_peft:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in backbone.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.set_adapter(name)
+    for module in backbone.modules():
+        if isinstance(module, Bottlenecked):
+            module.active = name if name in module.bottleneck else None
+    if getattr(backbone.encoder, "prompts", None) is not None:
+        backbone.encoder.active_prompt = name
+    backbone.set_trainable(backbone.trainable_top)
+
+
+def _record(backbone) -> dict:
+    record = backbone.config.get("adapters")
+    if record is None:
+        raise AdapterError("the backbone has no adapter: add one with add_adapter('lora') (or Trainer(strategy='lora')).")
+    return record
+
+
+def _tensors(backbone, names: list[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named parameters and of their modules' buffers (a BatchNorm's running statistics)."""
+    owners = {n.rpartition(".")[0] for n in names}
+    tensors = {n: p for n, p in backbone.named_parameters() if n in set(names)}
+    tensors.update({n: b for n, b in backbone.named_buffers() if n.rpartition(".")[0] in owners})
+    return {n: t.detach().clone() for n, t in tensors.items()}
+
+
+def _put(backbone, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(backbone.named_parameters()) | dict(backbone.named_buffers())
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t)
+
+
+def _stash_active(backbone, record: dict) -> None:
+    names = _in_place_names(backbone, record["method"], record["specs"][record["active"]])
+    backbone.adapters.stash[record["active"]] = _tensors(backbone, names)
