@@ -167,7 +167,7 @@ def test_adapter_saved_for_another_base_is_refused_with_both_names(bases, tmp_pa
     model.add_adapter("lora")
     step(model, "hf")
     saved = model.save_pretrained(tmp_path / "adapter")
-    other = tk.load_backbone(f"scratch:bert", corpus=assets["corpus"], vocab_size=200, hidden=32, layers=1, heads=2,
+    other = tk.load_backbone("scratch:bert", corpus=assets["corpus"], vocab_size=200, hidden=32, layers=1, heads=2,
                              max_length=32)
     with pytest.raises(BaseMismatchError, match=r"trained on the base hf:.*not on hf:scratch-bert \(loaded as 'scratch:bert'\)"):
         tk.TransferModel.from_pretrained(saved, base=other)
@@ -293,3 +293,11 @@ def test_cli_finetune_with_lora_saves_a_small_adapter_that_predicts_and_resumes(
     capsys.readouterr()
     assert main(args[:6] + [str(tmp_path / "bad")] + args[7:] + ["--strategy-option", "rank=4"]) == 1
     assert "does not take the option 'rank'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_fingerprint_is_the_base_s_with_or_without_adapters(bases):
+    backbone = tk.load_backbone(bases["hf"])
+    before = adapters.fingerprint(backbone)
+    backbone.add_adapter("lora")
+    backbone.add_adapter("lora", name="second")
+    assert adapters.fingerprint(backbone) == before == backbone.config["adapters"]["base"]["fingerprint"]

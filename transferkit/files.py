@@ -148,7 +148,8 @@ def is_model_dir(path: str | os.PathLike) -> bool:
 def is_complete_model(path: str | os.PathLike) -> bool:
     """A model directory with its weights (a whole model, or an adapter and head): what :func:`recover` may restore."""
     return is_model_dir(path) and any((Path(path) / name).is_file()
-                                      for name in ("model.safetensors", "adapter.safetensors"))
+                                      for name in ("model.safetensors", "adapter.safetensors", "model.onnx",
+                                                   "model.pt"))
 
 
 def _listing(path: Path, limit: int = 4) -> str:

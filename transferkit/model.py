@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from transferkit.backbones.base import Backbone, inference
+from transferkit.backbones.base import Backbone, inference, length_order, restore_order
 from transferkit.data import check_inputs, prediction_inputs, preprocess_named
 from transferkit.errors import CheckpointError, InputError
 from transferkit.heads import check_needs, head_from_config
@@ -56,12 +56,19 @@ class TransferModel(nn.Module):
     def preprocess(self, raw_inputs: Sequence[Any]) -> dict[str, torch.Tensor]:
         return self.backbone.preprocess(raw_inputs)
 
-    @torch.no_grad()
-    def outputs(self, raw_inputs: Any, batch_size: int = 32) -> tuple[torch.Tensor, bool]:
-        """The head's raw outputs for raw inputs, batch by batch, and whether the input was a single one."""
+    def outputs(self, raw_inputs: Any, batch_size: int = 32, *, by_length: bool = True) -> tuple[torch.Tensor, bool]:
+        """The head's raw outputs for raw inputs, batch by batch, and whether the input was a single one.
+
+        Args:
+            by_length: batch texts of similar length together, longest first (the rows come back in input
+                order): far less padding than batches in input order (``benchmarks/inference_speed.py``).
+        """
         inputs, single = prediction_inputs(raw_inputs, getattr(self.head, "input_column", None))
         origins = [f"item {i}" for i in range(len(inputs))]
         check_inputs(inputs, getattr(self.backbone, "modality", None), origins)
+        order = length_order(inputs) if by_length and batch_size < len(inputs) else None
+        if order is not None:
+            inputs, origins = [inputs[i] for i in order], [origins[i] for i in order]
         out = []
         with inference(self) as device:
             for start in range(0, len(inputs), batch_size):
@@ -70,9 +77,10 @@ class TransferModel(nn.Module):
                 out.append(self(**{k: v.to(device) for k, v in batch.items()})["logits"].float().cpu())
         if not out:  # an empty collection: no rows, the head's width
             return torch.empty(0, getattr(self.head, "num_classes", 0)), single
-        return torch.cat(out), single
+        rows = torch.cat(out)
+        return (rows if order is None else restore_order(rows, order)), single
 
-    def predict_proba(self, raw_inputs: Any, batch_size: int = 32) -> torch.Tensor:
+    def predict_proba(self, raw_inputs: Any, batch_size: int = 32, *, by_length: bool = True) -> torch.Tensor:
         """Class probabilities for raw inputs: ``[N, num_classes]`` for a collection, ``[num_classes]``
         for one single input (the head's ``scores``).
 
@@ -82,6 +90,7 @@ class TransferModel(nn.Module):
                 strings, generator, ``N×…`` batch array/tensor). A DataFrame, dict of columns or
                 datasets.Dataset gives the column the model was trained on, else its ``"text"`` column.
             batch_size: inputs per forward pass.
+            by_length: batch texts of similar length together (see :meth:`outputs`).
 
         Raises:
             ModalityError: texts for an image model, images or image paths for a text model.
@@ -92,11 +101,11 @@ class TransferModel(nn.Module):
         if hasattr(self.head, "predict_raw"):  # heads whose outputs have one row per token, not per input
             raise InputError(f"predict_proba has no single score per input for a {self.head.head_type} head: use "
                              "predict, whose results carry their scores.")
-        outputs, single = self.outputs(raw_inputs, batch_size)
+        outputs, single = self.outputs(raw_inputs, batch_size, by_length=by_length)
         scores = self.head.scores(outputs)
         return scores[0] if single else scores
 
-    def predict(self, raw_inputs: Any, batch_size: int = 32) -> Any:
+    def predict(self, raw_inputs: Any, batch_size: int = 32, *, by_length: bool = True) -> Any:
         """The head's prediction for each input (classification: the class name, in the labels' type).
 
         Like a transformers pipeline, one single input gives one prediction and a collection gives a list
@@ -104,7 +113,7 @@ class TransferModel(nn.Module):
         """
         if hasattr(self.head, "predict_raw"):  # token heads: spans with character offsets, tags per word
             return self.head.predict_raw(self, raw_inputs, batch_size)
-        outputs, single = self.outputs(raw_inputs, batch_size)
+        outputs, single = self.outputs(raw_inputs, batch_size, by_length=by_length)
         predictions = self.head.predict(outputs)
         return predictions[0] if single else predictions
 
@@ -148,6 +157,9 @@ class TransferModel(nn.Module):
         if config.get("head") is None:
             raise CheckpointError(f"{directory} holds a backbone without a head: load it with "
                                   "transferkit.load_backbone(dir) and compose a TransferModel.")
+        if config.get("saved") == "export":
+            raise CheckpointError(f"{directory} holds an exported graph ({config['export']['file']}), not weights: "
+                                  "load it with transferkit.export.load_exported(dir).")
         if config.get("saved") == "adapter":
             backbone = adapter_base(config, directory, base)
             name, head_state = load_adapter_dir(directory, config, backbone)
@@ -158,6 +170,14 @@ class TransferModel(nn.Module):
         model = cls(_rebuild_backbone(config, directory), head_from_config(config["head"]))
         _load_weights(model, directory, allow_unexpected=())
         return model.to(device)
+
+    def export(self, directory: str | os.PathLike, format: str = "onnx", *, quantize: str | None = None,
+               overwrite: bool = False) -> Path:
+        """Export to ONNX or TorchScript with the preprocessing beside it (``quantize="int8"``: also an int8 ONNX
+        graph); see :mod:`transferkit.export`. Read it back with :func:`transferkit.export.load_exported`."""
+        from transferkit.export import export
+
+        return export(self, directory, format, quantize=quantize, overwrite=overwrite)
 
     # --- PEFT adapters (transferkit.backbones.adapters); each adapter has its own head ---------------------------
 

@@ -286,8 +286,10 @@ def fingerprint(backbone) -> str:
     """sha256 over the names, dtypes, shapes and bytes of the backbone's own tensors (adapters excluded)."""
     digest = hashlib.sha256()
     adapters = backbone.config.get("adapters")
-    skip = set(adapter_state(backbone, n)) if adapters is not None and not METHODS.get(
-        adapters["method"]).in_place else set()
+    skip: set[str] = set()
+    if adapters is not None and not METHODS.get(adapters["method"]).in_place:
+        for name in adapters["specs"]:
+            skip |= set(adapter_state(backbone, name))
     for key, tensor in sorted(backbone.state_dict().items()):
         if key in skip:
             continue

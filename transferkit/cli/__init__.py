@@ -177,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda... (default: cuda when available)")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("export", help="export a saved model to ONNX or TorchScript",
+                       description="Export a directory written by finetune/save_pretrained as one graph (logits out) "
+                                   "with its preprocessing files beside it; read it back with "
+                                   "transferkit.export.load_exported.")
+    p.add_argument("--model", required=True, help="directory written by `transferkit finetune`")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--quantize", choices=["int8"], help="onnx: also write an int8 (dynamically quantised) graph")
+    p.add_argument("--output", required=True, help="directory for the export")
+    p.add_argument("--overwrite", action="store_true", help="replace a directory that holds something else")
+    p.set_defaults(func=_export)
+
     p = sub.add_parser("backbones", help="list backbones and sources",
                        description="List what load_backbone can build. Without a pattern: the sources and "
                                    "built-in names; with one (fnmatch), every matching name.")
@@ -322,6 +333,15 @@ def _search(build, train, val, trainer, args: argparse.Namespace):
     print(result.table())
     print(f"best: {result.best_params} ({result.metric} {result.best_score:.4f})")
     return result.best_model, []  # the table above is the history of a search
+
+
+def _export(args: argparse.Namespace) -> int:
+    from transferkit import TransferModel
+
+    model = TransferModel.from_pretrained(args.model)
+    path = model.export(args.output, args.format, quantize=args.quantize, overwrite=args.overwrite)
+    print(f"exported {args.model} as {args.format}" + (" (+ int8)" if args.quantize else "") + f" to {path}")
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:

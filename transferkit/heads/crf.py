@@ -219,7 +219,10 @@ class CRF(nn.Module):
                   ended: torch.Tensor | None = None) -> torch.Tensor:
         """``p(y_t = j | x)`` ``[B, W, L]`` (zeros at skipped positions): the gradient of ``log Z`` with
         respect to the emissions (Eisner 2016)."""
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():  # prediction runs in inference mode:
+            # normal copies of its tensors, which autograd may save
+            mask = None if mask is None else mask.clone()
+            ended = None if ended is None else ended.clone()
             scores = emissions.detach().float().clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.log_partition(scores, mask, ended).sum(), scores)
         return grad
