@@ -235,11 +235,18 @@ def test_peft_strategy_trains_adapter_and_head_only_and_composes(bases):
         tk.Trainer(epochs=1, strategy="ia3", progress=False, loggers=()).fit(model, data)
 
 
-def test_adapters_learn_at_the_head_rate(bases):
+def test_adapters_learn_at_their_own_rate(bases):
+    from transferkit.trainer.strategies import ADAPTER_LR, get_strategy
+
     model = model_for(bases["hf"], "hf")
     model.add_adapter("lora")
-    groups = tk.trainer.strategies.get_strategy("full").param_groups(model.task(), lr=1e-5, head_lr=1e-3)
-    assert {g["lr"] for g in groups} == {1e-3}
+    groups = get_strategy("full").param_groups(model.task(), lr=1e-5, head_lr=1e-2)
+    assert {g["lr"] for g in groups if not g["name"].startswith("head")} == {ADAPTER_LR} and ADAPTER_LR == 1e-3
+    assert {g["lr"] for g in groups if g["name"].startswith("head")} == {1e-2}
+    groups = get_strategy("lora", lr=3e-4).param_groups(model.task(), lr=1e-5, head_lr=1e-2)
+    assert {g["lr"] for g in groups if g["name"].startswith("backbone")} == {3e-4}
+    with pytest.raises(ConfigError, match="learning rate must be > 0"):
+        get_strategy("lora", lr=0)
 
 
 def test_frozen_base_keeps_batchnorm_statistics(bases):

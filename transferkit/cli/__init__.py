@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default="adapter", choices=["adapter", "full", "merged"],
                    help="PEFT strategies: save the adapter and head with a reference to the base (adapter, the "
                         "default), the whole model (full), or a plain model with the adapter folded in (merged)")
+    p.add_argument("--teacher", help="distil: a fine-tuned model directory whose outputs the new model learns from "
+                                     "(any backbone family; the same head kind and classes)")
+    p.add_argument("--temperature", type=float, default=2.0, help="distil: softening of both distributions")
+    p.add_argument("--alpha", type=float, default=0.5, help="distil: weight of the labels' loss (1 - alpha: the "
+                                                            "teacher's)")
     p.add_argument("--lr-decay", type=float, help="layer-wise learning-rate decay per layer group, e.g. 0.8")
     p.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (--batch-size is the total)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
@@ -283,7 +288,19 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     print(f"fine-tuning {args.backbone} on {len(train)} examples ({what(data)})"
           + (f", validating on {len(val)}" if val is not None else "") + f"; run state in {run_dir}", flush=True)
     if args.search:
+        if args.teacher:
+            from transferkit.errors import ConfigError
+
+            raise ConfigError("--search and --teacher do not combine yet: distil with fixed settings.")
         model, history = _search(build, train, val, trainer, args)
+    elif args.teacher:
+        from transferkit.tasks.distillation import DistillationTask
+
+        model = build()
+        teacher = tk.TransferModel.from_pretrained(args.teacher)
+        print(f"distilling {args.teacher} (T={args.temperature}, alpha={args.alpha})", flush=True)
+        task = DistillationTask(model, teacher, temperature=args.temperature, alpha=args.alpha)
+        history = trainer.fit(task, train, val, resume=args.resume)
     else:
         model = build()
         history = trainer.fit(model, train, val, resume=args.resume)

@@ -105,6 +105,9 @@ class Trainer:
         compile: ``torch.compile`` the task's forward pass: ``True`` or a backend name.
         channels_last: channels-last memory format for convolutional image backbones; ``None`` turns it
             on for CUDA.
+        fsdp: under ``torchrun`` with several processes, shard parameters, gradients and optimiser state across
+            them (PyTorch FSDP2, :mod:`.sharding`) instead of replicating the model (DDP); for models that do not
+            fit one device. One process ignores it.
         progress: show a progress bar.
         callbacks: event name → list of ``fn(trainer, state)``.
 
@@ -135,6 +138,7 @@ class Trainer:
     eval_batch_size: int = 64
     num_workers: int = 0
     group_by_length: bool = False
+    fsdp: bool = False
     output_dir: str | None = None
     save_every: int | None = None
     loggers: tuple[str, ...] = ("csv", "report")
@@ -197,6 +201,14 @@ class Trainer:
         strategy = get_strategy(self.strategy)
         strategy.prepare(task, train_examples)
         precision = Precision(self.precision, device)
+        given = task  # under FSDP a sharded copy trains; its full weights come back into `given` at the end
+        if self.fsdp and world.size > 1:
+            if self.output_dir is not None:
+                raise ConfigError("checkpoints of sharded (FSDP) runs are not built yet: run Trainer(fsdp=True) "
+                                  "without output_dir, or use DDP (fsdp=False) for checkpointed runs.")
+            from . import sharding
+
+            task = sharding.shard(task, device)
         task.to(device)
         channels_last = self._channels_last(task, device)
         if channels_last:
@@ -280,6 +292,11 @@ class Trainer:
             if unexpected:
                 raise CheckpointError(f"the best epoch's weights hold {unexpected[:3]}, which this model does "
                                       "not have; resume with the model the run started with, or resume=False.")
+        if task is not given:
+            from . import sharding
+
+            given.load_state_dict(sharding.full_state(task))
+            task = given
         task.eval()
         # best_metrics: the restored epoch's metrics object; the report logger asks it for the task's
         # own files (classification: confusion.png).
@@ -417,7 +434,11 @@ class Trainer:
     def _forward(self, task: nn.Module, world: distributed.World):
         """The callable that runs the forward pass: the task, under DDP and ``torch.compile`` as asked."""
         forward = task
-        if world.size > 1:
+        if self.fsdp and world.size > 1:
+            from .sharding import Sharded
+
+            forward = Sharded(task)
+        elif world.size > 1:
             # Wrapped again each epoch: a strategy may have changed which parameters train, and DDP
             # registers its gradient hooks at construction.
             from torch.nn.parallel import DistributedDataParallel
