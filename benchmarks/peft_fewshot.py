@@ -33,7 +33,7 @@ VISION = {"spec": "timm:tf_efficientnet_lite0", "options": {"image_size": 64}, "
 METHODS = ["full", "linear_probe", "lora", "dora", "ia3", "prompt_tuning", "bottleneck", "bitfit", "norm_tuning"]
 
 
-def one(setting: str, method: str, seeds: int) -> dict:
+def one(setting: str, method: str, seeds: int, lora_r: int = 8) -> dict:
     """Train and score ``method`` for every seed in this process; returns the figures."""
     import torch
 
@@ -52,7 +52,7 @@ def one(setting: str, method: str, seeds: int) -> dict:
         model = tk.TransferModel(backbone, tk.heads.Classification(labels=sorted(set(train[1]))))
         strategy = "linear_probe" if method == "linear_probe" else "full"
         if method not in ("full", "linear_probe"):
-            model.add_adapter(method)
+            model.add_adapter(method, **({"r": lora_r} if method in ("lora", "dora") else {}))
         if method == "linear_probe":
             backbone.freeze()
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -75,16 +75,18 @@ def main() -> None:
     parser.add_argument("setting", choices=["text", "vision"])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--lora-r", type=int, default=8, help="rank of LoRA and DoRA (default 8)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.setting, args.one, args.seeds)))
+        print(json.dumps(one(args.setting, args.one, args.seeds, args.lora_r)))
         return
     rows = []
     for method in args.methods.split(","):
         if args.setting == "vision" and method == "prompt_tuning":
             continue
-        out = subprocess.run([sys.executable, __file__, args.setting, "--seeds", str(args.seeds), "--one", method],
+        out = subprocess.run([sys.executable, __file__, args.setting, "--seeds", str(args.seeds), "--one", method,
+                              "--lora-r", str(args.lora_r)],
                              capture_output=True, text=True)
         if out.returncode:
             print(f"{method}: failed\n{out.stderr[-2000:]}", flush=True)
@@ -94,7 +96,7 @@ def main() -> None:
         print(f"  {method:<13} {statistics.mean(row['scores']):.3f}  {row['scores']}", flush=True)
     full = next((r for r in rows if r["method"] == "full"), None)
     print(f"\n{args.setting}: accuracy over {args.seeds} paired seeds (mean ± std), vs full fine-tuning "
-          "(mean of the per-seed differences)\n")
+          f"(mean of the per-seed differences); LoRA/DoRA rank {args.lora_r}\n")
     print("| method | accuracy | vs full | trained params | % of model | peak RSS (MiB) | step (s) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

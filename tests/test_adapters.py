@@ -89,6 +89,8 @@ def test_save_load_bit_identical(bases, family, method, tmp_path):
     small = model.save_pretrained(tmp_path / "adapter")
     config = json.loads((small / "config.json").read_text())
     assert config["saved"] == "adapter" and not (small / "model.safetensors").exists()
+    card = (small / "README.md").read_text()
+    assert f"PEFT adapter `default`: {'lora' if method == 'dora' else method}" in card and "fingerprint" in card
     reloaded = tk.TransferModel.from_pretrained(small)
     assert torch.equal(reloaded.predict_proba(raw), expected)
     assert reloaded.adapter_names == ["default"]
@@ -308,3 +310,14 @@ def test_fingerprint_is_the_base_s_with_or_without_adapters(bases):
     backbone.add_adapter("lora")
     backbone.add_adapter("lora", name="second")
     assert adapters.fingerprint(backbone) == before == backbone.config["adapters"]["base"]["fingerprint"]
+
+
+@pytest.mark.parametrize("family,method", [("hf", "lora"), ("timm", "ia3"), ("timm-vit", "bottleneck")])
+def test_a_second_adapter_goes_on_the_same_modules(bases, family, method):
+    backbone = tk.load_backbone(bases[family])
+    backbone.add_adapter(method, name="a")
+    backbone.add_adapter(method, name="b")
+    specs = backbone.config["adapters"]["specs"]
+    assert specs["a"]["target_modules"] == specs["b"]["target_modules"]
+    assert not any("base_layer" in t for t in specs["b"]["target_modules"])
+    assert len(adapters.trainable_names(backbone, "a")) == len(adapters.trainable_names(backbone, "b"))

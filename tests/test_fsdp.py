@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import transferkit as tk
-from transferkit.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -66,11 +65,45 @@ def test_two_process_fsdp_equals_one_process(head_type, family, strategy, two_pr
     assert json.loads((two_processes / "shards.json").read_text())["halved"]
 
 
+class Stop(Exception):
+    """Raised by a callback: the run is 'killed' after a checkpoint was written."""
+
+
+def _checkpointed(assets, run_dir: Path, stop_at: int | None = None, resume: bool = False):
+    """3 epochs of 2 steps with sharded checkpoints in ``run_dir``; stopped after step ``stop_at`` (mid epoch 2,
+    its last checkpoint the end of epoch 1)."""
+    from test_heads_resume import data_of, make_model, weights
+
+    def stop(trainer, state):
+        if stop_at is not None and state["step"] == stop_at:
+            raise Stop
+
+    model = make_model("classification", "hf", assets, dropout=False)
+    train, val = data_of("classification", "hf")
+    trainer = tk.Trainer(epochs=3, batch_size=8, accumulate=2, lr=0.1, optimizer="sgd", fsdp=True, progress=False,
+                         output_dir=str(run_dir), loggers=(), callbacks={"on_step_end": [stop]})
+    try:
+        history = trainer.fit(model, train, val, resume=resume)
+    except Stop:
+        return None
+    return weights(model), [r["train_loss"] for r in history]
+
+
 def _main() -> None:
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
     out, assets = Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text())
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    whole, losses = _checkpointed(assets, out / "uninterrupted")
+    assert _checkpointed(assets, out / "killed", stop_at=3) is None
+    shards = sorted(p.name for p in (out / "killed" / "checkpoint" / "sharded").iterdir())
+    resumed, resumed_losses = _checkpointed(assets, out / "killed", resume=True)
+    if rank0:
+        save_file({k: v.contiguous() for k, v in whole.items()}, str(out / "uninterrupted.safetensors"))
+        save_file({k: v.contiguous() for k, v in resumed.items()}, str(out / "resumed.safetensors"))
+        (out / "resume.json").write_text(json.dumps({"shards": shards, "losses": losses,
+                                                     "resumed_losses": resumed_losses}))
     for head_type, family, strategy in RUNS:
         state, history = _run(head_type, family, assets, strategy)
         if int(os.environ.get("RANK", "0")) == 0:
@@ -91,17 +124,29 @@ def _main() -> None:
         (out / "shards.json").write_text(json.dumps({"halved": halved, "tensors": len(local)}))
 
 
-def test_fsdp_with_checkpoints_is_refused_until_sharded_checkpoints_exist(assets, tmp_path, monkeypatch):
-    """In one process FSDP is off (nothing to shard across), so the refusal is checked where it applies."""
-    from transferkit.trainer import distributed
+def test_a_killed_sharded_run_resumes_bit_for_bit(two_processes):
+    """Each process wrote its own shard; the run killed mid-epoch resumes from its sharded checkpoint and ends with
+    the weights and losses of the run that was never interrupted."""
+    from safetensors.torch import load_file
 
-    from test_heads_resume import data_of, make_model
+    record = json.loads((two_processes / "resume.json").read_text())
+    assert ".metadata" in record["shards"] and sum(s.endswith(".distcp") for s in record["shards"]) == 2
+    whole, resumed = (load_file(two_processes / f"{n}.safetensors") for n in ("uninterrupted", "resumed"))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert record["resumed_losses"] == record["losses"]
 
-    model = make_model("classification", "hf", assets)
-    train, _ = data_of("classification", "hf")
-    monkeypatch.setattr(distributed, "setup", lambda device: (distributed.World(0, 2, 0), torch.device("cpu")))
-    with pytest.raises(ConfigError, match="checkpoints of sharded"):
-        tk.Trainer(epochs=1, fsdp=True, output_dir=str(tmp_path / "run"), progress=False).fit(model, train)
+
+def test_a_sharded_checkpoint_needs_its_number_of_processes(tmp_path):
+    from transferkit.errors import CheckpointError
+    from transferkit.trainer import distributed, sharding
+
+    (tmp_path / "state.json").write_text(json.dumps({"sharded": {"world_size": 4, "best": None}}))
+    with pytest.raises(CheckpointError, match="written by 4 processes and this run has 2.*nproc_per_node=4"):
+        sharding.load_checkpoint(tmp_path, torch.nn.Linear(2, 2), None, distributed.World(0, 2, 0))
+    (tmp_path / "state.json").write_text(json.dumps({"epoch": 1}))
+    with pytest.raises(CheckpointError, match="written without fsdp=True"):
+        sharding.load_checkpoint(tmp_path, torch.nn.Linear(2, 2), None, distributed.World(0, 2, 0))
 
 
 if __name__ == "__main__":

@@ -43,3 +43,13 @@ def test_encode_takes_a_batch_size_and_keeps_the_order(assets):
     images = raw_batch("image", 5)
     vision = tk.load_backbone("timm:test_efficientnet", weights=None, image_size=32)
     torch.testing.assert_close(vision.encode(images, batch_size=2), vision.encode(images), atol=1e-5, rtol=1e-5)
+
+
+def test_token_predictions_are_bucketed_and_in_input_order(assets):
+    torch.manual_seed(0)
+    model = tk.TransferModel(tk.load_backbone(f"hf:{assets['bert']}"),
+                             tk.heads.TokenClassification(labels=["O", "B-X", "I-X"]))
+    sentences = [t.split() for t in TEXTS]
+    batched = model.predict(sentences, batch_size=4)
+    assert batched == [model.predict([words])[0] for words in sentences]
+    assert [len(tags) for tags in batched] == [len(words) for words in sentences]

@@ -288,9 +288,21 @@ def model_card(config: dict) -> str:
     if h is not None:
         lines.append(f"- head: {h['type']}, {h.get('num_classes')} classes" +
                      (f" ({', '.join(map(str, h['labels']))})" if h.get("labels") else ""))
+    record = b.get("adapters")
+    if record is not None:
+        spec = record["specs"][record["active"]]
+        shown = ", ".join(f"{k}={v}" for k, v in spec.items() if k not in ("target_modules", "feedforward_modules"))
+        targets = spec.get("target_modules")
+        lines.append(f"- PEFT adapter `{record['active']}`: {record['method']}" + (f" ({shown})" if shown else "") +
+                     (f", on {len(targets)} modules" if targets else ""))
+        base = record["base"]
+        if config.get("saved") == "adapter":
+            lines.append(f"- base (not in this directory): `{base['spec']}` with options {base['options'] or {}}, "
+                         f"weights sha256 fingerprint `{base['fingerprint'][:16]}…` (checked on load)")
     for k, v in config.get("metrics", {}).items():
         lines.append(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}")
-    lines += ["", "Preprocessing is saved with the weights.", "", "```python",
+    lines += ["", "Preprocessing is saved with the weights." if config.get("saved") != "adapter" else
+              "The base's preprocessing comes with the base.", "", "```python",
               "from transferkit import TransferModel, load_backbone",
               "model = TransferModel.from_pretrained('THIS_DIR')" if h is not None else "backbone = load_backbone('THIS_DIR')",
               "```", ""]

@@ -47,16 +47,22 @@ def save(directory: Path, task: nn.Module, optimizer: torch.optim.Optimizer, bes
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         if best_state is not None:
             save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, str(tmp / "rng.safetensors"))
-        np_state = np.random.get_state()
-        meta = {**state, "optimizer_groups": groups,
-                "python_rng": _jsonable(random.getstate()),
-                "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-        (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+        write_position(tmp, {**state, "optimizer_groups": groups})
     return directory / NAME
+
+
+def write_position(tmp: Path, state: dict[str, Any]) -> None:
+    """``rng.safetensors`` and ``state.json`` (with the Python and NumPy generator states) into ``tmp``."""
+    from safetensors.torch import save_file
+
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, str(tmp / "rng.safetensors"))
+    np_state = np.random.get_state()
+    meta = {**state, "python_rng": _jsonable(random.getstate()),
+            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
 def _complete(path: Path) -> bool:

@@ -202,10 +202,8 @@ class Trainer:
         strategy.prepare(task, train_examples)
         precision = Precision(self.precision, device)
         given = task  # under FSDP a sharded copy trains; its full weights come back into `given` at the end
-        if self.fsdp and world.size > 1:
-            if self.output_dir is not None:
-                raise ConfigError("checkpoints of sharded (FSDP) runs are not built yet: run Trainer(fsdp=True) "
-                                  "without output_dir, or use DDP (fsdp=False) for checkpointed runs.")
+        sharded = self.fsdp and world.size > 1
+        if sharded:
             from . import sharding
 
             task = sharding.shard(task, device)
@@ -229,7 +227,8 @@ class Trainer:
         if resume and output is None:
             raise ValueError("resume=True needs output_dir, where the checkpoint is.")
         if saved is not None:
-            state, run.best_state = checkpoint.load(saved, task, optimizer)
+            state, run.best_state = sharding.load_checkpoint(saved, task, optimizer, world) if sharded else \
+                checkpoint.load(saved, task, optimizer)
             if state.get("best_keys") is not None:  # the best epoch was the saved one: see _save
                 weights = task.state_dict()
                 run.best_state = {k: weights[k].detach().clone() for k in state["best_keys"]}
@@ -259,8 +258,9 @@ class Trainer:
                 scheduler.step()
                 run.step, run.epoch_step = run.step + 1, run.epoch_step + 1
                 run.loss_sum, run.items = run.loss_sum + loss * items, run.items + items
-                if output is not None and world.main and self.save_every and run.step % self.save_every == 0:
-                    self._save(output, task, optimizer, scheduler, precision, run, next_epoch=False)
+                if output is not None and (world.main or sharded) and self.save_every and \
+                        run.step % self.save_every == 0:
+                    self._save(output, task, optimizer, scheduler, precision, run, False, world, sharded)
                 self._emit(callbacks, "on_step_end", {"epoch": epoch, "step": run.step, "loss": loss, "lr": lr})
                 stop = run.step >= (self.max_steps or math.inf)
                 if stop:
@@ -276,8 +276,8 @@ class Trainer:
             run.history.append(record)
             self._emit(callbacks, "on_epoch_end", {"epoch": epoch, "step": run.step, "metrics": record,
                                                    "seconds": record["seconds"]})
-            if output is not None and world.main:
-                self._save(output, task, optimizer, scheduler, precision, run, next_epoch=True)
+            if output is not None and (world.main or sharded):  # a sharded checkpoint is written by all
+                self._save(output, task, optimizer, scheduler, precision, run, True, world, sharded)
             if self.patience is not None and run.stale > self.patience:
                 break
         strategy.finish(task)  # gives back the trainable parts the backbone had before fit
@@ -456,13 +456,19 @@ class Trainer:
             forward = compiled
         return forward
 
-    def _save(self, output: Path, task, optimizer, scheduler, precision, run: "Run", next_epoch: bool) -> None:
+    def _save(self, output: Path, task, optimizer, scheduler, precision, run: "Run", next_epoch: bool,
+              world: distributed.World, sharded: bool) -> None:
         position = run.state(next_epoch)
         # At the end of the best epoch its weights are the model's: name them instead of a second copy.
         same = next_epoch and run.best_state is not None and run.best_epoch == run.epoch
         position["best_keys"] = sorted(run.best_state) if same else None
-        checkpoint.save(output, task, optimizer, None if same else run.best_state,
-                        {**position, "scheduler": scheduler.state_dict(), "scaler": precision.state_dict()})
+        state = {**position, "scheduler": scheduler.state_dict(), "scaler": precision.state_dict()}
+        if sharded:
+            from . import sharding
+
+            sharding.save_checkpoint(output, task, optimizer, None if same else run.best_state, state, world)
+        else:
+            checkpoint.save(output, task, optimizer, None if same else run.best_state, state)
 
     def _callbacks(self, output: Path | None, world: distributed.World) -> dict[str, list[Callable]]:
         merged = {event: list(self.callbacks.get(event, [])) for event in EVENTS}

@@ -13,13 +13,19 @@ process), so ``fit`` returns the same plain model as without FSDP. Gradients are
 averages them, so a run gives the same weights as one process with the same global batch (tested with 2 gloo
 processes on CPU).
 
-Not built yet: sharded checkpoints (``output_dir``) — ``Trainer(fsdp=True, output_dir=...)`` is refused.
+Checkpoints are sharded (``torch.distributed.checkpoint``): with ``output_dir``, every process writes its own slice
+of the weights, optimiser state and best weights into ``OUTPUT/checkpoint/sharded/`` (no process ever holds them
+whole), and rank 0 adds ``state.json`` and its generator states, as in :mod:`.checkpoint`. The directory is staged
+and swapped in as a whole, so a run killed mid-save keeps its last checkpoint; ``resume=True`` with the same number
+of processes continues where it stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -67,3 +73,77 @@ def full_state(task: nn.Module) -> dict[str, torch.Tensor]:
 
     state = get_model_state_dict(task, options=StateDictOptions(full_state_dict=True))
     return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def save_checkpoint(directory: Path, task: nn.Module, optimizer: torch.optim.Optimizer, best_state: dict | None,
+                    state: dict[str, Any], world) -> None:
+    """Write a sharded checkpoint to ``directory / "checkpoint"`` (a collective: every process calls it)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from transferkit import files
+
+    from . import checkpoint
+
+    target = Path(directory) / checkpoint.NAME
+    with contextlib.ExitStack() as stack:
+        staged = None
+        if world.main:
+            files.recover(target, complete=checkpoint._complete)
+            files.clean_stale(target, locked=False)
+            staged = stack.enter_context(files.replacing_dir(target))
+        name = [None if staged is None else str(staged)]
+        dist.broadcast_object_list(name, src=0)  # every process writes its shard into rank 0's staging directory
+        model, optim = get_state_dict(task, optimizer)
+        payload = {"model": model, "optim": optim}
+        if best_state is not None:
+            payload["best"] = best_state
+        dcp.save(payload, checkpoint_id=str(Path(name[0]) / "sharded"))
+        if world.main:
+            checkpoint.write_position(staged, {**state, "sharded": {
+                "world_size": world.size, "best": sorted(best_state) if best_state is not None else None}})
+        dist.barrier()  # every shard is on disk before rank 0 swaps the directory in
+    dist.barrier()  # and the swap is done before any process goes on
+
+
+def load_checkpoint(path: Path, task: nn.Module, optimizer: torch.optim.Optimizer, world
+                    ) -> tuple[dict, dict | None]:
+    """Restore a sharded checkpoint into the sharded task and optimiser; returns (state.json, best weights or None).
+
+    Raises:
+        CheckpointError: the checkpoint is not a sharded one, or was written by another number of processes.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from transferkit.errors import CheckpointError
+
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot resume from {path}: {path / 'state.json'} is damaged ({e}).") from e
+    sharded = state.get("sharded")
+    if sharded is None:
+        raise CheckpointError(f"cannot resume a sharded (FSDP) run from {path}: it was written without fsdp=True. "
+                              "Resume with the settings it was written with, or resume=False.")
+    if sharded["world_size"] != world.size:
+        raise CheckpointError(f"{path} was written by {sharded['world_size']} processes and this run has "
+                              f"{world.size}: resume with torchrun --nproc_per_node={sharded['world_size']}.")
+    model, optim = get_state_dict(task, optimizer)
+    payload = {"model": model, "optim": optim}
+    if sharded["best"] is not None:
+        payload["best"] = {k: torch.empty_like(model[k]) for k in sharded["best"]}
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+
+    stored = set(FileSystemReader(str(path / "sharded")).read_metadata().state_dict_metadata)
+    missing = sorted(f"model.{k}" for k in model if f"model.{k}" not in stored)
+    if missing:
+        raise CheckpointError(f"cannot resume from {path}: it holds another model (missing {missing[:3]}). Use "
+                              "another output directory or resume=False.")
+    # The optimiser may hold state the checkpoint lacks: parameters that had no gradient yet (the template is a
+    # fresh optimiser's, which has state for every parameter); those keep their fresh (zero) state.
+    dcp.load(payload, checkpoint_id=str(path / "sharded"), planner=DefaultLoadPlanner(allow_partial_load=True))
+    set_state_dict(task, optimizer, model_state_dict=payload["model"], optim_state_dict=payload["optim"])
+    return state, payload.get("best")
