@@ -13,7 +13,8 @@ from transferkit.errors import AdapterError, BaseMismatchError, ConfigError
 
 from conftest import SENTENCES, raw_batch
 
-METHODS = ["lora", "dora", "ia3", "prompt_tuning", "bottleneck", "bitfit", "norm_tuning"]
+METHODS = ["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "bottleneck", "bitfit", "norm_tuning"]
+FOR_LANGUAGE_MODELS = ("prompt_tuning", "prefix_tuning")
 # What each family cannot take, and why (the error is tested below).
 CANNOT = {("glove", "ia3"): "word vectors have no linear layer to rescale",
           ("glove", "bitfit"): "no biases", ("glove", "norm_tuning"): "no normalisation layers"}
@@ -59,7 +60,7 @@ def step(model: tk.TransferModel, family: str, steps: int = 2) -> None:
 def cases():
     for family in FAMILIES:
         for method in METHODS:
-            if (family, method) in CANNOT or (method == "prompt_tuning" and family != "hf"):
+            if (family, method) in CANNOT or (method in FOR_LANGUAGE_MODELS and family != "hf"):
                 continue
             yield family, method
 
@@ -110,7 +111,8 @@ def test_save_load_bit_identical(bases, family, method, tmp_path):
             model.save_pretrained(tmp_path / "merged", merge=True)
 
 
-@pytest.mark.parametrize("family,method", sorted(CANNOT) + [("timm", "prompt_tuning"), ("glove", "prompt_tuning")])
+@pytest.mark.parametrize("family,method", sorted(CANNOT) + [("timm", "prompt_tuning"), ("glove", "prompt_tuning"),
+                                                           ("timm-vit", "prefix_tuning"), ("glove", "prefix_tuning")])
 def test_method_the_family_cannot_take_is_refused(bases, family, method):
     backbone = tk.load_backbone(bases[family])
     with pytest.raises(AdapterError):
@@ -121,7 +123,7 @@ def test_method_the_family_cannot_take_is_refused(bases, family, method):
 def test_a_fresh_adapter_changes_nothing(bases):
     """LoRA's B, IA³'s scales, a bottleneck's up-projection start at their identity: outputs are the base's."""
     for family, method in cases():
-        if method == "prompt_tuning":
+        if method in FOR_LANGUAGE_MODELS:  # learnt tokens or keys change the outputs from the start
             continue
         model = model_for(bases[family], family)
         raw = inputs(family)
@@ -191,7 +193,7 @@ def test_random_base_without_a_saved_copy_is_explained(tmp_path):
     assert torch.equal(tk.TransferModel.from_pretrained(whole).predict_proba(raw), model.predict_proba(raw))
 
 
-@pytest.mark.parametrize("method", ["lora", "bottleneck", "bitfit", "prompt_tuning"])
+@pytest.mark.parametrize("method", ["lora", "bottleneck", "bitfit", "prompt_tuning", "prefix_tuning"])
 def test_several_adapters_on_one_base_switch_by_name(bases, method, tmp_path):
     first = model_for(bases["hf"], "hf")
     first.add_adapter(method, name="topic")
@@ -321,3 +323,28 @@ def test_a_second_adapter_goes_on_the_same_modules(bases, family, method):
     assert specs["a"]["target_modules"] == specs["b"]["target_modules"]
     assert not any("base_layer" in t for t in specs["b"]["target_modules"])
     assert len(adapters.trainable_names(backbone, "a")) == len(adapters.trainable_names(backbone, "b"))
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_causal_generation_under_learnt_tokens_is_refused_not_silently_wrong(assets, method):
+    backbone = tk.load_backbone("scratch:gpt2", corpus=assets["corpus"], vocab_size=200, hidden=32, layers=1, heads=2,
+                                max_length=64)
+    model = tk.TransferModel(backbone, tk.heads.Generation(max_new_tokens=3))
+    model.add_adapter(method, num_virtual_tokens=2)
+    with pytest.raises(ConfigError, match=f"under {method} is not built"):
+        model.predict(["the cat"])
+
+
+def test_prefix_tuning_gives_every_layer_learnt_keys_and_values(bases):
+    backbone = tk.load_backbone(bases["hf"])
+    backbone.add_adapter("prefix_tuning", num_virtual_tokens=3)
+    prefix = backbone.encoder.prefixes["default"]
+    config = backbone.encoder.model.config
+    assert prefix.shape == (config.num_hidden_layers, 2, config.num_attention_heads, 3,
+                            config.hidden_size // config.num_attention_heads)
+    features = backbone(**backbone.preprocess(SENTENCES[:2]))
+    assert features.tokens.shape[1] == features.mask.shape[1]  # one row per real token
+    features.pooled.sum().backward()
+    assert prefix.grad is not None and prefix.grad.abs().sum() > 0
+    with pytest.raises(AdapterError, match="T5 and BART encoders keep no cache"):
+        tk.load_backbone(bases["timm"]).add_adapter("prefix_tuning")

@@ -75,12 +75,14 @@ def test_int8_graph_is_smaller_and_close(assets, tmp_path):
     assert (fp32.predict_proba(inputs) - int8.predict_proba(inputs)).abs().max().item() < 0.1
 
 
-def test_lora_is_merged_into_the_export(assets, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning", "prefix_tuning", "bottleneck"])
+def test_adapters_are_in_the_export(method, assets, tmp_path):
+    """LoRA merged into the weights; the adapters that cannot be merged exported as the layers they are."""
     model = make("text", assets)
-    model.add_adapter("lora")
+    model.add_adapter(method)
     with torch.no_grad():
         for name, p in model.backbone.named_parameters():
-            if "lora_B" in name:
+            if p.requires_grad:  # not the identity they start as
                 p.normal_(0, 0.5)
     exported = load_exported(model.export(tmp_path / "export"))
     inputs = raw("text", 4)

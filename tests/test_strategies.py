@@ -445,6 +445,8 @@ def _takes(family: str, method: str) -> bool:
     linear layers; prompt tuning is for language models)."""
     if family == "word_vectors":
         return method in ("lora", "bottleneck")
+    if method == "prefix_tuning":  # through the attention cache, which T5's encoder does not keep
+        return family in ("hf", "gpt2")
     return method != "prompt_tuning" or family in ("hf", "gpt2", "t5")
 
 

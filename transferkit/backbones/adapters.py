@@ -15,6 +15,9 @@ the head, which always learns) trained. The methods:
   arXiv 2104.08691), for transformer language models. Written here rather than taken from ``peft``, whose prompt
   tuning lives in the forward pass of its transformers task models and returns the virtual tokens among the
   outputs: here their outputs are dropped, so token heads (NER, QA) still see one output per real token.
+* ``"prefix_tuning"`` — ``num_virtual_tokens`` learnt keys and values before every attention layer's own (Li &
+  Liang 2021, "Prefix-Tuning", arXiv 2101.00190; trained directly, as P-tuning v2 does, Liu et al. 2022, arXiv
+  2110.07602), passed to the model as an already-filled cache; for encoder-only and decoder transformers.
 * ``"bottleneck"`` — Houlsby adapters (Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP",
   arXiv 1902.00751): ``y + up(gelu(down(y)))`` after the attention and feed-forward output projections (text,
   ViT), after each stage (CNNs: 1×1 convolutions), after the vectors (word vectors); ``up`` starts at zero.
@@ -69,8 +72,8 @@ class Method:
     uses_peft: bool = False
 
 
-METHODS: Registry[Method] = Registry("PEFT method", hint="(CLI: --strategy lora|dora|ia3|prompt_tuning|bottleneck|"
-                                                         "bitfit|norm_tuning)",
+METHODS: Registry[Method] = Registry("PEFT method", hint="(CLI: --strategy lora|dora|ia3|prompt_tuning|prefix_tuning|"
+                                                         "bottleneck|bitfit|norm_tuning)",
                                      normalise=lambda s: str(s).strip().lower().replace("-", "_"))
 
 
@@ -464,9 +467,29 @@ def _prompt_tuning(backbone, name: str, o: dict) -> None:
     encoder.prompts[name] = nn.Parameter(table.detach()[rows].clone())
 
 
+@_register("prefix_tuning", {"num_virtual_tokens": 20}, mergeable=False)
+def _prefix_tuning(backbone, name: str, o: dict) -> None:
+    if family(backbone) != "text" or backbone.encoder.is_encoder_decoder:
+        raise AdapterError(f"prefix tuning gives every attention layer of a transformer language model learnt keys "
+                           f"and values through its cache; {backbone.config['source']}:{backbone.config['name']} "
+                           "is not a decoder or encoder-only transformer (T5 and BART encoders keep no cache): "
+                           "choose 'prompt_tuning' or 'lora'.")
+    if o["num_virtual_tokens"] < 1:
+        raise AdapterError(f"num_virtual_tokens must be >= 1, got {o['num_virtual_tokens']!r}.")
+    config = backbone.encoder.model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    heads = getattr(config, "num_key_value_heads", None) or heads  # grouped-query attention (Llama): fewer kv heads
+    encoder = backbone.encoder
+    if getattr(encoder, "prefixes", None) is None:
+        encoder.prefixes = nn.ParameterDict()
+    encoder.prefixes[name] = nn.Parameter(
+        torch.randn(config.num_hidden_layers, 2, heads, o["num_virtual_tokens"], head_dim) * 0.02)
+
+
 def _adapter_attrs(backbone) -> set[str]:
     """The attribute names under which adapters keep their per-name parameters (peft's layers, ours)."""
-    attrs = {"bottleneck", "prompts"}
+    attrs = {"bottleneck", "prompts", "prefixes"}
     record = backbone.config.get("adapters")
     if record is not None and METHODS.get(record["method"]).uses_peft:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -491,6 +514,8 @@ def _activate(backbone, name: str) -> None:
             module.active = name if name in module.bottleneck else None
     if getattr(backbone.encoder, "prompts", None) is not None:
         backbone.encoder.active_prompt = name
+    if getattr(backbone.encoder, "prefixes", None) is not None:
+        backbone.encoder.active_prefix = name
     backbone.set_trainable(backbone.trainable_top)
 
 

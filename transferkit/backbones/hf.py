@@ -165,6 +165,9 @@ class HFEncoder(nn.Module):
         prompts = getattr(self, "prompts", None)
         if prompts is not None and getattr(self, "active_prompt", None) in prompts:
             return self._prompted(model, prompts[self.active_prompt], input_ids, attention_mask, **kwargs)
+        prefixes = getattr(self, "prefixes", None)
+        if prefixes is not None and getattr(self, "active_prefix", None) in prefixes:
+            return self._prefixed(model, prefixes[self.active_prefix], input_ids, attention_mask, **kwargs)
         hidden = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         return Features(tokens=hidden, mask=attention_mask)
 
@@ -181,6 +184,26 @@ class HFEncoder(nn.Module):
         hidden = model(inputs_embeds=embeds, attention_mask=torch.cat([ones, attention_mask], dim=1),
                        **kwargs).last_hidden_state
         return Features(tokens=hidden[:, virtual:], mask=attention_mask)
+
+    def _prefixed(self, model: nn.Module, prefix: torch.Tensor, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor, **kwargs: torch.Tensor) -> Features:
+        """Prefix tuning (:mod:`transferkit.backbones.adapters`): learnt keys and values ``[layers, 2, heads, V,
+        head_dim]`` before every layer's own, given to the model as an already-filled cache; the outputs keep one
+        row per real token."""
+        import inspect
+
+        from transformers import DynamicCache
+
+        batch = input_ids.shape[0]
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(prefix.shape[0]):
+            keys, values = (prefix[layer, i].unsqueeze(0).expand(batch, -1, -1, -1) for i in (0, 1))
+            cache.update(keys, values, layer)
+        mask = torch.cat([attention_mask.new_ones(batch, prefix.shape[3]), attention_mask], dim=1)
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        hidden = model(input_ids=input_ids, attention_mask=mask, use_cache=True, **{name: cache},
+                       **kwargs).last_hidden_state
+        return Features(tokens=hidden, mask=attention_mask)
 
     def feature_info(self) -> dict:
         """Tokens of the model's hidden size, no spatial map or stages."""

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze", action="store_true", help="freeze the backbone (same as --strategy linear_probe)")
     p.add_argument("--strategy", default="full", help="full, linear_probe, gradual_unfreeze, llrd, lp_ft, "
                                                       "lp_ft_balanced, or PEFT: lora, dora, ia3, prompt_tuning, "
-                                                      "bottleneck, bitfit, norm_tuning (default full)")
+                                                      "prefix_tuning, bottleneck, bitfit, norm_tuning (default full)")
     p.add_argument("--strategy-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the strategy (repeatable), e.g. r=16, schedule=lp_ft, "
                         "target_modules='[\"query\",\"value\"]'")

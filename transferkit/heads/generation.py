@@ -319,6 +319,12 @@ class Generation(nn.Module):
         from transferkit.tasks.decoding import causal_continuations, seq2seq_continuations
 
         if self.kind != "seq2seq":
+            record = self.backbone.config.get("adapters")
+            if record is not None and record["method"] in ("prompt_tuning", "prefix_tuning"):
+                # The decoding loop drives the base model and its cache itself: it would leave them out.
+                raise ConfigError(f"generating with a causal model under {record['method']} is not built: the "
+                                  "decoding loop would run without the learnt tokens. Use LoRA, IA³ or bottleneck "
+                                  "adapters for a causal generation head (prompt tuning works with seq2seq models).")
             return causal_continuations(self.model, self.logits, prompts, max_new_tokens=self.max_new_tokens,
                                         eos_id=self.eos_id, pad_id=self.pad_id, window=self.window,
                                         use_cache=use_cache)

@@ -38,7 +38,8 @@ A strategy never unfreezes what the user froze before training (``backbone.freez
 when the groups the user left trainable learn.
 
 Parameter-efficient fine-tuning (:mod:`transferkit.backbones.adapters`) is a strategy too, and composes with the
-ones above: ``"lora"``, ``"dora"``, ``"ia3"``, ``"prompt_tuning"``, ``"bottleneck"``, ``"bitfit"`` and
+ones above: ``"lora"``, ``"dora"``, ``"ia3"``, ``"prompt_tuning"``, ``"prefix_tuning"``, ``"bottleneck"``,
+``"bitfit"`` and
 ``"norm_tuning"`` add that adapter to the backbone when training starts (unless it has one already: then they
 train it), and follow the schedule of the strategy named by ``schedule`` (default ``"full"``):
 ``get_strategy("lora", r=16, schedule="lp_ft")`` probes the head first, then trains the head and the LoRA
@@ -383,6 +384,12 @@ def ia3(target_modules: list[str] | None = None, feedforward_modules: list[str] 
 def prompt_tuning(num_virtual_tokens: int = 20, schedule: str = "full", lr: float = ADAPTER_LR) -> Strategy:
     """Prompt tuning (Lester et al. 2021, arXiv 2104.08691): learnt embeddings before every text."""
     return with_adapter("prompt_tuning", {"num_virtual_tokens": num_virtual_tokens}, schedule, lr)
+
+
+@register_strategy("prefix_tuning")
+def prefix_tuning(num_virtual_tokens: int = 20, schedule: str = "full", lr: float = ADAPTER_LR) -> Strategy:
+    """Prefix tuning (Li & Liang 2021, arXiv 2101.00190): learnt keys and values before every attention layer's."""
+    return with_adapter("prefix_tuning", {"num_virtual_tokens": num_virtual_tokens}, schedule, lr)
 
 
 @register_strategy("bottleneck")
