@@ -10,7 +10,8 @@ ImageNet) on the demo's MNIST setting (10 labelled digits per class, 500 held-ou
 (20 epochs, batch 16, backbone lr 1e-3, head lr 1e-2; the final layer's pooled features, since a fine-tuned
 network adapts its top).
 
-Every method runs in its own process, so the peak resident memory (``ru_maxrss``) is its own; step time is the
+Every method runs in its own process, so the peak resident memory (``ru_maxrss``; on a GPU also
+``torch.cuda.max_memory_allocated``) is its own; step time is the
 training time over the optimiser steps (no evaluation inside). PEFT adapters learn at the head's rate (the
 strategies' rule); nothing was tuned on the test posts or digits. Seeds are paired: each draws the same labelled
 set and initialises the same head for every method.
@@ -66,8 +67,9 @@ def one(setting: str, method: str, seeds: int, lora_r: int = 8) -> dict:
         step_times.append((time.perf_counter() - start) / steps)
         scores.append(trainer.evaluate(model, test)["accuracy"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB (Linux)
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return {"method": method, "scores": scores, "trained": trained, "total": total, "peak_mib": peak,
-            "step_s": statistics.median(step_times)}
+            "cuda_mib": cuda, "step_s": statistics.median(step_times)}
 
 
 def main() -> None:
@@ -97,15 +99,18 @@ def main() -> None:
     full = next((r for r in rows if r["method"] == "full"), None)
     print(f"\n{args.setting}: accuracy over {args.seeds} paired seeds (mean ± std), vs full fine-tuning "
           f"(mean of the per-seed differences); LoRA/DoRA rank {args.lora_r}\n")
-    print("| method | accuracy | vs full | trained params | % of model | peak RSS (MiB) | step (s) |")
-    print("|---|---|---|---|---|---|---|")
+    cuda = any(r.get("cuda_mib") is not None for r in rows)
+    print("| method | accuracy | vs full | trained params | % of model | peak RSS (MiB) |"
+          + (" CUDA max allocated (MiB) |" if cuda else "") + " step (s) |")
+    print("|---|---|---|---|---|---|" + ("---|" if cuda else "") + "---|")
     for r in rows:
         s = r["scores"]
         spread = statistics.stdev(s) if len(s) > 1 else 0.0
         diff = "" if full is None or r is full else \
             f"{100 * statistics.mean(a - b for a, b in zip(s, full['scores'])):+.1f} pts"
         print(f"| {r['method']} | {statistics.mean(s):.3f} ± {spread:.3f} | {diff} | {r['trained']:,} | "
-              f"{100 * r['trained'] / r['total']:.2f}% | {r['peak_mib']:.0f} | {r['step_s']:.3f} |")
+              f"{100 * r['trained'] / r['total']:.2f}% | {r['peak_mib']:.0f} |"
+              + (f" {r['cuda_mib']:.0f} |" if cuda else "") + f" {r['step_s']:.3f} |")
 
 
 if __name__ == "__main__":
