@@ -90,9 +90,17 @@ def test_adapters_are_in_the_export(method, assets, tmp_path):
     assert model.adapter_names == ["default"]  # the model itself keeps its adapter
 
 
+def test_a_cross_encoder_pair_head_exports(assets, tmp_path):
+    model = make("text", assets, tk.heads.Pair(num_classes=2, mode="cross"))
+    exported = load_exported(model.export(tmp_path / "pair"))
+    pairs = [(SENTENCES[i], SENTENCES[i + 1] + " " + SENTENCES[i + 2]) for i in range(6)]
+    assert (exported.predict_proba(pairs) - model.predict_proba(pairs)).abs().max().item() <= 1e-4
+    assert exported.predict(pairs) == model.predict(pairs)
+
+
 def test_what_cannot_be_exported_is_refused(assets, tmp_path):
-    pair = make("text", assets, tk.heads.Pair(num_classes=2))
-    with pytest.raises(ExportError, match="pair head"):
+    pair = make("word_vectors", assets, tk.heads.Pair(num_classes=2))  # word vectors: a bi-encoder
+    with pytest.raises(ExportError, match="'bi' mode.*bi-encoder"):
         pair.export(tmp_path / "pair")
     with pytest.raises(ExportError, match="unknown export format 'tflite'"):
         make("text", assets).export(tmp_path / "x", "tflite")

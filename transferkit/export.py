@@ -15,8 +15,9 @@ the backbone does and runs the graph (ONNX Runtime or ``torch.jit``), with the h
 ``predict_proba``.
 
 Exportable heads are those whose forward pass maps the features to one tensor (classification, multi-label,
-regression, token classification, extractive QA's start/end logits, segmentation); detection (boxes of varying
-number, torchvision's post-processing) and generation (a decoding loop) are refused. PEFT adapters that can be
+regression, token classification, extractive QA's start/end logits, segmentation, a cross-encoder pair head, which
+``ExportedModel.predict`` then takes ``(text_a, text_b)`` pairs for); detection (boxes of varying number,
+torchvision's post-processing), generation (a decoding loop) and bi-encoder pair heads (two passes) are refused. PEFT adapters that can be
 merged are merged into the exported graph (LoRA, DoRA, IA³, BitFit, norm-tuning); bottleneck adapters and prompt
 tuning are exported as the layers they are.
 
@@ -59,8 +60,11 @@ class _Graph(nn.Module):
         return self.model(**dict(zip(self.names, tensors)))["logits"]
 
 
-def example_inputs(backbone) -> list[Any]:
-    """Two raw inputs of different sizes for tracing: texts of different lengths, or two images."""
+def example_inputs(backbone, pairs: bool = False) -> list[Any]:
+    """Two raw inputs of different sizes for tracing: texts (or text pairs) of different lengths, or two images."""
+    if pairs:
+        return [("an example premise", "a hypothesis"),
+                ("a second, rather longer example premise to give the trace two lengths", "and its hypothesis")]
     if backbone.modality == "text":
         return ["an example sentence", "a second, rather longer example sentence to give the trace two lengths"]
     size = backbone.config.get("preprocess", {}).get("size") or [64, 64]
@@ -134,14 +138,16 @@ def _traceable(model) -> tuple[_Graph, dict[str, torch.Tensor]]:
     from transferkit.backbones.adapters import METHODS
 
     head_type = getattr(model.head, "head_type", type(model.head).__name__)
-    if hasattr(model.head, "scores_raw"):
-        raise ExportError(f"a {head_type} head reads its own raw inputs (text pairs, two encoders): it has no "
-                          "single graph to export. Export a classification or token head.")
+    pairs = hasattr(model.head, "scores_raw")  # a pair head: a cross-encoder is one graph over both texts
+    if pairs and getattr(model.head, "mode", None) != "cross":
+        raise ExportError(f"a {head_type} head in {getattr(model.head, 'mode', '?')!r} mode encodes the two texts "
+                          "apart and combines them (a bi-encoder): it has no single graph to export. Export a "
+                          "cross-encoder (Pair(mode='cross')), or the backbone with a classification head.")
     model = copy.deepcopy(model).cpu().eval()
     record = model.backbone.config.get("adapters")
     if record is not None and METHODS.get(record["method"]).mergeable:
         model.merge()
-    inputs = model.preprocess(example_inputs(model.backbone))
+    inputs = model.preprocess(example_inputs(model.backbone, pairs=pairs))
     graph = _Graph(model, list(inputs)).eval()
     try:
         with torch.no_grad():
