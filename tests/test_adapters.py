@@ -104,7 +104,10 @@ def test_save_load_bit_identical(bases, family, method, tmp_path):
         assert "adapters" not in json.loads((merged / "config.json").read_text())["backbone"]
         loaded = tk.TransferModel.from_pretrained(merged)
         assert loaded.adapter_names == []
-        torch.testing.assert_close(loaded.predict_proba(raw), expected, atol=1e-5, rtol=1e-4)
+        import copy
+
+        assert torch.equal(loaded.predict_proba(raw), copy.deepcopy(model).merge().predict_proba(raw))  # bit-identical
+        torch.testing.assert_close(loaded.predict_proba(raw), expected, atol=1e-5, rtol=1e-4)  # and the same function
         assert model.adapter_names == ["default"]  # merge=True saves a merged copy; the model keeps its adapter
     else:
         with pytest.raises(AdapterError, match="cannot be merged"):
