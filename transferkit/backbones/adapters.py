@@ -53,7 +53,8 @@ from torch import nn
 from transferkit.errors import AdapterError
 from transferkit.registry import Registry
 
-from .adapter_targets import RESIDUAL_OUT, adaptable_modules, default_targets, family, resolve_targets, width
+from .adapter_layers import Bottlenecked, add_bottleneck, add_prefix, add_prompt
+from .adapter_targets import RESIDUAL_OUT, adaptable_modules, default_targets, resolve_targets
 
 __all__ = ["METHODS", "adapter_names", "adapter_state", "adaptable_modules", "add_adapter", "default_targets",
            "fingerprint", "merge", "resolve_targets", "restore", "set_adapter", "trainable_names"]
@@ -394,97 +395,17 @@ def _in_place_names(backbone, method: str, options: dict) -> list[str]:
 
 @_register("bottleneck", {"size": 64, "target_modules": None}, mergeable=False)
 def _bottleneck(backbone, name: str, o: dict) -> None:
-    if o["size"] < 1:
-        raise AdapterError(f"bottleneck size must be >= 1, got {o['size']!r}.")
-    for target in o["target_modules"]:
-        module = backbone.encoder.get_submodule(target)
-        if not isinstance(module, Bottlenecked):
-            parent, _, child = target.rpartition(".")
-            wrapped = Bottlenecked(module, width(backbone, target, module), spatial=_is_spatial(backbone, module))
-            setattr(backbone.encoder.get_submodule(parent) if parent else backbone.encoder, child, wrapped)
-            module = wrapped
-        module.add(name, o["size"])
-
-
-def _is_spatial(backbone, module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) or (backbone.modality == "image" and not isinstance(
-        module, (nn.Linear, nn.Embedding)) and not hasattr(module, "nf"))
-
-
-class Bottlenecked(nn.Module):
-    """A module followed by Houlsby bottleneck adapters, one per name: ``y + up(gelu(down(y)))``, ``up`` zero at
-    the start (so a fresh adapter changes nothing). On ``[B, C, H, W]`` maps ``down``/``up`` are 1×1 convolutions.
-
-    Attributes:
-        base_layer: the wrapped module (its parameters keep their names under ``base_layer``).
-        bottleneck: the adapters by name; ``active`` runs (``None``: none).
-    """
-
-    def __init__(self, base_layer: nn.Module, width: int, spatial: bool):
-        super().__init__()
-        self.base_layer = base_layer
-        self.width = width
-        self.spatial = spatial
-        self.bottleneck = nn.ModuleDict()
-        self.active: str | None = None
-
-    def add(self, name: str, size: int) -> None:
-        layer = nn.Conv2d if self.spatial else nn.Linear
-        down, up = (layer(self.width, size, 1), layer(size, self.width, 1)) if self.spatial else (
-            layer(self.width, size), layer(size, self.width))
-        nn.init.zeros_(up.weight)
-        nn.init.zeros_(up.bias)
-        self.bottleneck[name] = nn.Sequential(down, nn.GELU(), up)
-
-    def __getattr__(self, name: str) -> Any:  # the wrapped module's attributes (an Embedding's embedding_dim...)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("base_layer"), name)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.base_layer(*args, **kwargs)
-        if self.active is None:
-            return out
-        first = out[0] if isinstance(out, tuple) else out
-        first = first + self.bottleneck[self.active](first)
-        return (first, *out[1:]) if isinstance(out, tuple) else first
+    add_bottleneck(backbone, name, o["size"], o["target_modules"])
 
 
 @_register("prompt_tuning", {"num_virtual_tokens": 20}, mergeable=False)
 def _prompt_tuning(backbone, name: str, o: dict) -> None:
-    if family(backbone) != "text":
-        raise AdapterError(f"prompt tuning prepends learnt token embeddings to a transformer language model's input; "
-                           f"{backbone.config['source']}:{backbone.config['name']} is not one: choose 'lora'.")
-    if o["num_virtual_tokens"] < 1:
-        raise AdapterError(f"num_virtual_tokens must be >= 1, got {o['num_virtual_tokens']!r}.")
-    encoder = backbone.encoder
-    if getattr(encoder, "prompts", None) is None:
-        encoder.prompts = nn.ParameterDict()
-    table = encoder.model.get_input_embeddings().weight
-    # Initialised from the embeddings of random vocabulary tokens (Lester et al. 2021: better than random values).
-    rows = torch.randint(0, table.shape[0], (o["num_virtual_tokens"],))
-    encoder.prompts[name] = nn.Parameter(table.detach()[rows].clone())
+    add_prompt(backbone, name, o["num_virtual_tokens"])
 
 
 @_register("prefix_tuning", {"num_virtual_tokens": 20}, mergeable=False)
 def _prefix_tuning(backbone, name: str, o: dict) -> None:
-    if family(backbone) != "text" or backbone.encoder.is_encoder_decoder:
-        raise AdapterError(f"prefix tuning gives every attention layer of a transformer language model learnt keys "
-                           f"and values through its cache; {backbone.config['source']}:{backbone.config['name']} "
-                           "is not a decoder or encoder-only transformer (T5 and BART encoders keep no cache): "
-                           "choose 'prompt_tuning' or 'lora'.")
-    if o["num_virtual_tokens"] < 1:
-        raise AdapterError(f"num_virtual_tokens must be >= 1, got {o['num_virtual_tokens']!r}.")
-    config = backbone.encoder.model.config
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    heads = getattr(config, "num_key_value_heads", None) or heads  # grouped-query attention (Llama): fewer kv heads
-    encoder = backbone.encoder
-    if getattr(encoder, "prefixes", None) is None:
-        encoder.prefixes = nn.ParameterDict()
-    encoder.prefixes[name] = nn.Parameter(
-        torch.randn(config.num_hidden_layers, 2, heads, o["num_virtual_tokens"], head_dim) * 0.02)
+    add_prefix(backbone, name, o["num_virtual_tokens"])
 
 
 def _adapter_attrs(backbone) -> set[str]:
