@@ -108,9 +108,9 @@ def add_adapter(backbone, method: str = "lora", name: str = "default", **options
             already on the backbone, target modules the backbone does not have (the message lists the valid ones),
             or a method the backbone's family cannot take (prompt tuning of a vision network).
     """
-    method = METHODS.normalise(method)
-    if method == "dora":
-        method, options = "lora", {**options, "dora": True}
+    if METHODS.normalise(method) == "dora":
+        options = {**options, "dora": True}
+    method = canonical(method)
     if method not in METHODS:
         raise AdapterError(f"unknown PEFT method {method!r}: choose one of {', '.join(METHODS)}.")
     spec = METHODS.get(method)
@@ -121,31 +121,53 @@ def add_adapter(backbone, method: str = "lora", name: str = "default", **options
     if not isinstance(name, str) or not NAME.match(name) or name == "__base__":
         raise AdapterError(f"adapter name {name!r} is not usable: use letters, digits, '_' or '-' (e.g. 'sentiment').")
     record = backbone.config.get("adapters")
-    if record is not None:
-        if name in record["specs"]:
-            raise AdapterError(f"the backbone already has an adapter named {name!r} (it has: "
-                               f"{', '.join(record['specs'])}): choose another name.")
-        if record["method"] != method:
-            raise AdapterError(f"the backbone's adapters are {record['method']!r}; one backbone holds adapters of one "
-                               f"method, so a {method!r} adapter cannot join them: load the base again for it.")
+    _check_joins(record, method, [name])
     resolved = {**spec.options, **options}
     if "target_modules" in spec.options:
         resolved["target_modules"] = resolve_targets(backbone, method, options.get("target_modules"))
     if record is None:
         record = {"method": method, "active": name, "specs": {}, "base": base_reference(backbone)}
         backbone.adapters = Adapters()
-    if spec.in_place and backbone.adapters.stash == {}:
-        backbone.adapters.stash["__base__"] = _tensors(backbone, _in_place_names(backbone, method, resolved))
-    elif spec.in_place:  # the new adapter starts from the base, like any fresh adapter
-        _stash_active(backbone, record)
-        _put(backbone, backbone.adapters.stash["__base__"])
-    spec.add(backbone, name, resolved)
-    record["specs"][name] = resolved
-    record["active"] = name
-    backbone.config["adapters"] = record
-    if spec.in_place:
-        backbone.adapters.stash[name] = _tensors(backbone, _in_place_names(backbone, method, resolved))
+    _install(backbone, record, name, resolved)
+    backbone.config["adapters"] = record  # only once the adapter is in: a refused one leaves no record
     _activate(backbone, name)
+
+
+def canonical(method: str) -> str:
+    """The registered method a name stands for: ``"dora"`` is ``"lora"`` with ``dora=True``; ``"LoRA"``, ``"lora"``."""
+    method = METHODS.normalise(method)
+    return "lora" if method == "dora" else method
+
+
+def _check_joins(record: dict | None, method: str, names: list[str]) -> None:
+    """Refuse adapters that cannot join the backbone's: another method, or a name in use."""
+    if record is None:
+        return
+    for name in names:
+        if name in record["specs"]:
+            raise AdapterError(f"the backbone already has an adapter named {name!r} (it has: "
+                               f"{', '.join(record['specs'])}): choose another name.")
+    if record["method"] != method:
+        raise AdapterError(f"the backbone's adapters are {record['method']!r}; one backbone holds adapters of one "
+                           f"method, so a {method!r} adapter cannot join them: load the base again for it.")
+
+
+def _install(backbone, record: dict, name: str, options: dict) -> None:
+    """Add adapter ``name`` with resolved ``options`` and enter it in ``record`` as the active one. In-place methods
+    keep the base's tensors once, and start each new adapter from them."""
+    method = METHODS.get(record["method"])
+    if method.in_place:
+        if not backbone.adapters.stash:
+            backbone.adapters.stash["__base__"] = _tensors(backbone, _in_place_names(backbone, record["method"],
+                                                                                     options))
+        else:  # the new adapter starts from the base, like any fresh adapter
+            _stash_active(backbone, record)
+            _put(backbone, backbone.adapters.stash["__base__"])
+    method.add(backbone, name, options)
+    record["specs"][name] = options
+    record["active"] = name
+    if method.in_place:
+        backbone.adapters.stash[name] = _tensors(backbone, _in_place_names(backbone, record["method"], options))
 
 
 def set_adapter(backbone, name: str) -> None:
@@ -184,11 +206,7 @@ def trainable_names(backbone, name: str | None = None) -> set[str]:
 def adapter_state(backbone, name: str | None = None) -> dict[str, torch.Tensor]:
     """What adapter ``name`` (default: the active one) adds to its base: its parameters, and the running statistics of
     normalisation layers it trains (norm-tuning of BatchNorm); keys as in ``backbone.state_dict()``."""
-    names = trainable_names(backbone, name)
-    state = {n: p for n, p in backbone.named_parameters() if n in names}
-    owners = {n.rpartition(".")[0] for n in names}
-    state.update({n: b for n, b in backbone.named_buffers() if n.rpartition(".")[0] in owners})
-    return {k: v.detach() for k, v in state.items()}
+    return {k: v.detach() for k, v in _with_buffers(backbone, trainable_names(backbone, name)).items()}
 
 
 def load_adapter_state(backbone, state: dict[str, torch.Tensor], name: str) -> None:
@@ -210,33 +228,14 @@ def load_adapter_state(backbone, state: dict[str, torch.Tensor], name: str) -> N
 def restore(backbone, record: dict) -> None:
     """Add the adapters of a saved ``record`` (settings resolved when they were first added) to a fresh base, and
     record them; their weights are loaded afterwards. The base fingerprint is the record's."""
-    method = METHODS.get(record["method"])
     existing = backbone.config.get("adapters")
-    if existing is not None and existing["method"] != record["method"]:
-        raise AdapterError(f"the backbone's adapters are {existing['method']!r}; one backbone holds adapters of one "
-                           f"method, so the saved {record['method']!r} adapter cannot join them.")
-    for name in record["specs"]:
-        if existing is not None and name in existing["specs"]:
-            raise AdapterError(f"the backbone already has an adapter named {name!r} (it has: "
-                               f"{', '.join(existing['specs'])}): load this one under another name.")
+    _check_joins(existing, record["method"], list(record["specs"]))
     if existing is None:
         backbone.adapters = Adapters()
         backbone.config["adapters"] = existing = {"method": record["method"], "active": record["active"],
                                                   "specs": {}, "base": record["base"]}
     for name, spec in record["specs"].items():
-        options = dict(spec)
-        if method.in_place:
-            if not backbone.adapters.stash:
-                backbone.adapters.stash["__base__"] = _tensors(backbone, _in_place_names(backbone, record["method"],
-                                                                                         options))
-            elif existing["specs"]:
-                _stash_active(backbone, existing)
-                _put(backbone, backbone.adapters.stash["__base__"])
-        method.add(backbone, name, options)
-        existing["specs"][name] = options
-        existing["active"] = name
-        if method.in_place:
-            backbone.adapters.stash[name] = _tensors(backbone, _in_place_names(backbone, record["method"], options))
+        _install(backbone, existing, name, dict(spec))
     _activate(backbone, record["active"])
 
 
@@ -447,12 +446,18 @@ def _record(backbone) -> dict:
     return record
 
 
-def _tensors(backbone, names: list[str]) -> dict[str, torch.Tensor]:
-    """Copies of the named parameters and of their modules' buffers (a BatchNorm's running statistics)."""
+def _with_buffers(backbone, names) -> dict[str, torch.Tensor]:
+    """The named parameters and their modules' buffers (a BatchNorm's running statistics)."""
+    names = set(names)
     owners = {n.rpartition(".")[0] for n in names}
-    tensors = {n: p for n, p in backbone.named_parameters() if n in set(names)}
+    tensors = {n: p for n, p in backbone.named_parameters() if n in names}
     tensors.update({n: b for n, b in backbone.named_buffers() if n.rpartition(".")[0] in owners})
-    return {n: t.detach().clone() for n, t in tensors.items()}
+    return tensors
+
+
+def _tensors(backbone, names: list[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named parameters and of their modules' buffers."""
+    return {n: t.detach().clone() for n, t in _with_buffers(backbone, names).items()}
 
 
 def _put(backbone, tensors: dict[str, torch.Tensor]) -> None:

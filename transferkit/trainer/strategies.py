@@ -228,15 +228,15 @@ def add_strategy_adapter(backbone, method: str, options: dict, strategy: str) ->
     Raises:
         ConfigError: a task without a backbone, or a backbone whose adapters are of another method.
     """
-    from transferkit.backbones.adapters import METHODS
+    from transferkit.backbones.adapters import canonical
 
     if backbone is None:
         raise ConfigError(f"strategy {strategy!r} adds a PEFT adapter to the backbone, and the task has none.")
     record = backbone.config.get("adapters")
-    wanted = METHODS.normalise(method)
+    wanted = canonical(method)
     if record is None:
         backbone.add_adapter(method, **options)
-    elif record["method"] != ("lora" if wanted == "dora" else wanted):
+    elif record["method"] != wanted:
         raise ConfigError(f"strategy {strategy!r} trains a {wanted!r} adapter, and the backbone already has "
                           f"{record['method']!r} adapters ({', '.join(record['specs'])}): choose strategy "
                           f"{record['method']!r} (or 'full') to train them, or load the base again.")
