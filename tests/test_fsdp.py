@@ -50,17 +50,10 @@ def two_processes(assets, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("head_type,family,strategy", RUNS, ids=["-".join(r) for r in RUNS])
 def test_two_process_fsdp_equals_one_process(head_type, family, strategy, two_processes, assets):
-    from safetensors.torch import load_file
+    from test_heads_resume import assert_same_run
 
     one, history = _run(head_type, family, assets, strategy)
-    two = load_file(two_processes / f"{head_type}-{family}-{strategy}.safetensors")
-    assert one.keys() == two.keys()
-    for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
-    sharded = json.loads((two_processes / f"{head_type}-{family}-{strategy}.json").read_text())
-    assert len(sharded) == len(history)
-    for a, b in zip(sharded, history):
-        assert a == pytest.approx(b, rel=1e-4, abs=1e-4)
+    assert_same_run(one, history, two_processes / f"{head_type}-{family}-{strategy}")
     # Each process held half of the sharded tensors: the runs recorded their local sizes.
     assert json.loads((two_processes / "shards.json").read_text())["halved"]
 

@@ -192,16 +192,21 @@ def _ddp_params():
 
 @pytest.mark.parametrize("head_type", _ddp_params())
 def test_two_process_ddp_equals_one_process_for_every_head(head_type, two_processes, assets):
+    one, history = _ddp_run(head_type, assets)
+    assert_same_run(one, history, two_processes / head_type)
+
+
+def assert_same_run(one: dict, history: list[dict], saved) -> None:
+    """One process's weights and history equal a multi-process run's, saved as ``saved.safetensors`` / ``.json``."""
     from safetensors.torch import load_file
 
-    one, history = _ddp_run(head_type, assets)
-    two = load_file(two_processes / f"{head_type}.safetensors")
+    two = load_file(f"{saved}.safetensors")
     assert one.keys() == two.keys()
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
-    ddp_history = json.loads((two_processes / f"{head_type}.json").read_text())
-    assert len(ddp_history) == len(history)
-    for a, b in zip(ddp_history, history):
+    other = json.loads(Path(f"{saved}.json").read_text())
+    assert len(other) == len(history)
+    for a, b in zip(other, history):
         assert a.keys() == b.keys()
         assert a == pytest.approx(b, rel=1e-4, abs=1e-4)  # R² near 0 and rank metrics amplify rounding
 

@@ -98,7 +98,7 @@ def export(model, directory: str | os.PathLike, format: str = "onnx", *, quantiz
         raise ExportError(f"unknown quantisation {quantize!r}: the one there is is 'int8' (dynamic, for CPUs).")
     if quantize and format != "onnx":
         raise ExportError("int8 quantisation is ONNX Runtime's: export with format='onnx'.")
-    graph, inputs = _traceable(model)
+    graph, inputs, logits = _traceable(model)
     directory = Path(directory)
     files.check_output(directory, overwrite=overwrite)
     with files.output_lock(directory):
@@ -107,7 +107,7 @@ def export(model, directory: str | os.PathLike, format: str = "onnx", *, quantiz
         with files.replacing_dir(directory) as tmp:
             names = list(inputs)
             dynamic = {n: ({0: "batch", 1: "sequence"} if inputs[n].ndim == 2 else {0: "batch"}) for n in names}
-            dynamic["logits"] = {0: "batch", 1: "sequence"} if _per_token(graph, inputs) else {0: "batch"}
+            dynamic["logits"] = {0: "batch", 1: "sequence"} if _per_token(logits, inputs) else {0: "batch"}
             args = tuple(inputs[n] for n in names)
             if format == "onnx":
                 _onnx(graph, args, names, dynamic, tmp / FILES["onnx"], opset)
@@ -133,8 +133,9 @@ def export(model, directory: str | os.PathLike, format: str = "onnx", *, quantiz
     return directory
 
 
-def _traceable(model) -> tuple[_Graph, dict[str, torch.Tensor]]:
-    """An eval-mode CPU copy of ``model`` (adapters merged where they can be) and example inputs, checked."""
+def _traceable(model) -> tuple[_Graph, dict[str, torch.Tensor], torch.Tensor]:
+    """An eval-mode CPU copy of ``model`` (adapters merged where they can be), example inputs and its logits on them,
+    checked."""
     from transferkit.backbones.adapters import METHODS
 
     head_type = getattr(model.head, "head_type", type(model.head).__name__)
@@ -160,15 +161,13 @@ def _traceable(model) -> tuple[_Graph, dict[str, torch.Tensor]]:
                           "boxes of varying number; generation: a decoding loop): it cannot be exported as one "
                           "graph. Exportable: classification, multilabel, regression, token_classification, qa, "
                           "segmentation.")
-    return graph, inputs
+    return graph, inputs, out
 
 
-def _per_token(graph: _Graph, inputs: dict[str, torch.Tensor]) -> bool:
+def _per_token(logits: torch.Tensor, inputs: dict[str, torch.Tensor]) -> bool:
     """Whether the logits have a sequence axis that follows the input's (token heads)."""
-    with torch.no_grad():
-        out = graph(*inputs.values())
     ids = inputs.get("input_ids")
-    return ids is not None and out.ndim >= 2 and out.shape[1] == ids.shape[1]
+    return ids is not None and logits.ndim >= 2 and logits.shape[1] == ids.shape[1]
 
 
 def _onnx(graph: nn.Module, args: tuple, names: list[str], dynamic: dict, path: Path, opset: int) -> None:
@@ -266,16 +265,14 @@ class ExportedModel:
 
     def outputs(self, raw_inputs: Any, batch_size: int = 32) -> torch.Tensor:
         """The graph's logits for raw inputs, texts batched by length (rows in input order)."""
-        from transferkit.backbones.base import length_order, restore_order
+        from transferkit.backbones.base import length_batches, restore_order
         from transferkit.data import prediction_inputs
 
         inputs, _ = prediction_inputs(raw_inputs)
-        order = length_order(inputs) if batch_size < len(inputs) else None
-        ordered = inputs if order is None else [inputs[i] for i in order]
-        rows = [torch.from_numpy(self.run(self.backbone.preprocess(ordered[s: s + batch_size])))
-                for s in range(0, len(ordered), batch_size)]
-        out = torch.cat(rows)
-        return out if order is None else restore_order(out, order)
+        batches = length_batches(inputs, batch_size)
+        rows = [torch.from_numpy(self.run(self.backbone.preprocess([inputs[i] for i in indices])))
+                for indices in batches]
+        return restore_order(torch.cat(rows), [i for indices in batches for i in indices])
 
     def predict_proba(self, raw_inputs: Any, batch_size: int = 32) -> torch.Tensor:
         return self.head.scores(self.outputs(raw_inputs, batch_size))

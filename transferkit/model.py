@@ -12,12 +12,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from transferkit.backbones.base import Backbone, inference, length_order, restore_order
+from transferkit.backbones.base import Backbone, inference, length_batches, restore_order
 from transferkit.data import check_inputs, prediction_inputs, preprocess_named
 from transferkit.errors import CheckpointError, InputError
 from transferkit.heads import check_needs, head_from_config
-from transferkit.saving import (_load_weights, _rebuild_backbone, adapter_base, load_adapter_dir, read_config,
-                                save_pretrained)
+from transferkit.saving import (_load_weights, _rebuild_backbone, adapter_base, head_own_state, load_adapter_dir,
+                                read_config, save_pretrained)
 
 
 class TransferModel(nn.Module):
@@ -66,19 +66,15 @@ class TransferModel(nn.Module):
         inputs, single = prediction_inputs(raw_inputs, getattr(self.head, "input_column", None))
         origins = [f"item {i}" for i in range(len(inputs))]
         check_inputs(inputs, getattr(self.backbone, "modality", None), origins)
-        order = length_order(inputs) if by_length and batch_size < len(inputs) else None
-        if order is not None:
-            inputs, origins = [inputs[i] for i in order], [origins[i] for i in order]
+        batches = length_batches(inputs, batch_size, by_length)
         out = []
         with inference(self) as device:
-            for start in range(0, len(inputs), batch_size):
-                batch = preprocess_named(self.preprocess, inputs[start: start + batch_size],
-                                         origins[start: start + batch_size])
+            for indices in batches:
+                batch = preprocess_named(self.preprocess, [inputs[i] for i in indices], [origins[i] for i in indices])
                 out.append(self(**{k: v.to(device) for k, v in batch.items()})["logits"].float().cpu())
         if not out:  # an empty collection: no rows, the head's width
             return torch.empty(0, getattr(self.head, "num_classes", 0)), single
-        rows = torch.cat(out)
-        return (rows if order is None else restore_order(rows, order)), single
+        return restore_order(torch.cat(out), [i for indices in batches for i in indices]), single
 
     def predict_proba(self, raw_inputs: Any, batch_size: int = 32, *, by_length: bool = True) -> torch.Tensor:
         """Class probabilities for raw inputs: ``[N, num_classes]`` for a collection, ``[num_classes]``
@@ -275,10 +271,8 @@ def _build_head(head: nn.Module, backbone: Backbone) -> None:
 
 def _load_head(head: nn.Module, state: dict, backbone: Backbone, directory: Path) -> None:
     """Load a saved adapter's head; what it shares with the base (tied embeddings) comes from the base."""
-    shared = {t.data_ptr() for t in backbone.state_dict().values()}
-    own = head.state_dict()
-    missing = [k for k in own if k not in state and own[k].data_ptr() not in shared]
-    unexpected = [k for k in state if k not in own]
+    missing = [k for k in head_own_state(head, backbone) if k not in state]
+    unexpected = [k for k in state if k not in head.state_dict()]
     if missing or unexpected:
         raise CheckpointError(f"{directory}/adapter.safetensors does not fit the head in config.json: missing "
                               f"{missing[:5]}, unexpected {unexpected[:5]}.")

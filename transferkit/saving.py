@@ -208,11 +208,16 @@ def _save_adapter(path: Path, backbone: Backbone, head: nn.Module | None) -> Non
     base (a generation head tied to the embeddings): small, and nothing the base already holds."""
     from safetensors.torch import save_file
 
-    shared = {t.data_ptr() for t in backbone.state_dict().values()}
     state = {"backbone." + k: v for k, v in adapters.adapter_state(backbone).items()}
     if head is not None:
-        state.update({"head." + k: v for k, v in head.state_dict().items() if v.data_ptr() not in shared})
+        state.update({"head." + k: v for k, v in head_own_state(head, backbone).items()})
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+
+
+def head_own_state(head: nn.Module, backbone: Backbone) -> dict:
+    """The head's tensors that are not the backbone's (a generation head tied to the embeddings shares them)."""
+    shared = {t.data_ptr() for t in backbone.state_dict().values()}
+    return {k: v for k, v in head.state_dict().items() if v.data_ptr() not in shared}
 
 
 def load_adapter_dir(directory: Path, config: dict, backbone: Backbone, name: str | None = None) -> tuple[str, dict]:

@@ -147,8 +147,19 @@ def length_order(inputs: Sequence[Any]) -> list[int] | None:
     return sorted(range(len(inputs)), key=lambda i: -sizes[i])
 
 
+def length_batches(items: Sequence[Any], batch_size: int, by_length: bool = True) -> list[list[int]]:
+    """The indices of ``items`` in batches of ``batch_size``: texts of similar length together, longest first
+    (:func:`length_order`), when ``by_length`` and there is more than one batch; else in input order. Put the
+    results back in input order with :func:`restore_order` over the concatenated batches."""
+    order = length_order(items) if by_length and batch_size < len(items) else None
+    order = list(range(len(items))) if order is None else order
+    return [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def restore_order(rows: torch.Tensor, order: list[int]) -> torch.Tensor:
     """Rows computed in ``order`` (``rows[j]`` is input ``order[j]``) back in input order."""
+    if order == list(range(len(order))):
+        return rows
     out = torch.empty_like(rows)
     out[torch.as_tensor(order, device=rows.device)] = rows
     return out
@@ -259,16 +270,15 @@ class Backbone(nn.Module):
                 input's), which pads far less than batching in input order.
         """
         raw_batch = list(raw_batch)
-        size = batch_size or max(len(raw_batch), 1)
-        order = length_order(raw_batch) if by_length and size < len(raw_batch) else None
-        ordered = raw_batch if order is None else [raw_batch[i] for i in order]
+        batches = length_batches(raw_batch, batch_size or max(len(raw_batch), 1), by_length)
         out = []
         with inference(self) as device:
-            for start in range(0, len(ordered), size):
-                batch = self.preprocess(ordered[start: start + size])
+            for indices in batches:
+                batch = self.preprocess([raw_batch[i] for i in indices])
                 out.append(self(**{k: v.to(device) for k, v in batch.items()}).pooled)
-        features = torch.cat(out) if out else torch.empty(0, self.feature_dim)
-        return features if order is None else restore_order(features, order)
+        if not out:
+            return torch.empty(0, self.feature_dim)
+        return restore_order(torch.cat(out), [i for indices in batches for i in indices])
 
 
     @property

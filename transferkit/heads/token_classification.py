@@ -32,7 +32,7 @@ from transferkit.data.conll import (SCHEMES, WORD_PATTERN, check_scheme, convert
                                     split_tag, split_words)
 from transferkit.errors import ConfigError, InputError
 from transferkit.heads import HEADS, register_head
-from transferkit.backbones.base import inference, length_order
+from transferkit.backbones.base import inference, length_batches
 from transferkit.heads.base import features_part
 from transferkit.heads.crf import CRF
 
@@ -237,19 +237,14 @@ class TokenClassification(nn.Module):
         else:
             sentences = items
         # Sentences of similar length batch together (less padding); the results come back in input order.
-        order = length_order(sentences) if len(sentences) > batch_size else None
-        order = order if order is not None else list(range(len(sentences)))
-        ordered = [sentences[i] for i in order]
-        tagged = []
-        with inference(model) as device:
-            for at in range(0, len(ordered), batch_size):
-                chunk = ordered[at: at + batch_size]
-                inputs, word_ids = preprocess_tokens(model, chunk, [f"item {order[at + i]}" for i in range(len(chunk))])
-                logits = model(**{k: v.to(device) for k, v in inputs.items()})["logits"].float()
-                tagged += self.tag_words(logits, word_ids.to(device), [len(words) for words in chunk])
         results = [None] * len(sentences)
-        for position, result in zip(order, tagged):
-            results[position] = result
+        with inference(model) as device:
+            for indices in length_batches(sentences, batch_size):
+                chunk = [sentences[i] for i in indices]
+                inputs, word_ids = preprocess_tokens(model, chunk, [f"item {i}" for i in indices])
+                logits = model(**{k: v.to(device) for k, v in inputs.items()})["logits"].float()
+                for i, result in zip(indices, self.tag_words(logits, word_ids.to(device), [len(w) for w in chunk])):
+                    results[i] = result
         if texts:
             results = [self._spans(tags, probs, text, offsets)
                        for (tags, probs), text, (_, offsets) in zip(results, items, split)]

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from transferkit.errors import CheckpointError, ConfigError, DataError
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, sharding
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .run import Run
@@ -202,10 +202,8 @@ class Trainer:
         strategy.prepare(task, train_examples)
         precision = Precision(self.precision, device)
         given = task  # under FSDP a sharded copy trains; its full weights come back into `given` at the end
-        sharded = self.fsdp and world.size > 1
+        sharded = self._shards(world)
         if sharded:
-            from . import sharding
-
             task = sharding.shard(task, device)
         task.to(device)
         channels_last = self._channels_last(task, device)
@@ -260,7 +258,7 @@ class Trainer:
                 run.loss_sum, run.items = run.loss_sum + loss * items, run.items + items
                 if output is not None and (world.main or sharded) and self.save_every and \
                         run.step % self.save_every == 0:
-                    self._save(output, task, optimizer, scheduler, precision, run, False, world, sharded)
+                    self._save(output, task, optimizer, scheduler, precision, run, False, world)
                 self._emit(callbacks, "on_step_end", {"epoch": epoch, "step": run.step, "loss": loss, "lr": lr})
                 stop = run.step >= (self.max_steps or math.inf)
                 if stop:
@@ -277,7 +275,7 @@ class Trainer:
             self._emit(callbacks, "on_epoch_end", {"epoch": epoch, "step": run.step, "metrics": record,
                                                    "seconds": record["seconds"]})
             if output is not None and (world.main or sharded):  # a sharded checkpoint is written by all
-                self._save(output, task, optimizer, scheduler, precision, run, True, world, sharded)
+                self._save(output, task, optimizer, scheduler, precision, run, True, world)
             if self.patience is not None and run.stale > self.patience:
                 break
         strategy.finish(task)  # gives back the trainable parts the backbone had before fit
@@ -293,8 +291,6 @@ class Trainer:
                 raise CheckpointError(f"the best epoch's weights hold {unexpected[:3]}, which this model does "
                                       "not have; resume with the model the run started with, or resume=False.")
         if task is not given:
-            from . import sharding
-
             given.load_state_dict(sharding.full_state(task))
             task = given
         task.eval()
@@ -434,10 +430,8 @@ class Trainer:
     def _forward(self, task: nn.Module, world: distributed.World):
         """The callable that runs the forward pass: the task, under DDP and ``torch.compile`` as asked."""
         forward = task
-        if self.fsdp and world.size > 1:
-            from .sharding import Sharded
-
-            forward = Sharded(task)
+        if self._shards(world):
+            forward = sharding.Sharded(task)
         elif world.size > 1:
             # Wrapped again each epoch: a strategy may have changed which parameters train, and DDP
             # registers its gradient hooks at construction.
@@ -456,16 +450,18 @@ class Trainer:
             forward = compiled
         return forward
 
+    def _shards(self, world: distributed.World) -> bool:
+        """Whether this run is sharded (FSDP): asked for, and more than one process to shard across."""
+        return self.fsdp and world.size > 1
+
     def _save(self, output: Path, task, optimizer, scheduler, precision, run: "Run", next_epoch: bool,
-              world: distributed.World, sharded: bool) -> None:
+              world: distributed.World) -> None:
         position = run.state(next_epoch)
         # At the end of the best epoch its weights are the model's: name them instead of a second copy.
         same = next_epoch and run.best_state is not None and run.best_epoch == run.epoch
         position["best_keys"] = sorted(run.best_state) if same else None
         state = {**position, "scheduler": scheduler.state_dict(), "scaler": precision.state_dict()}
-        if sharded:
-            from . import sharding
-
+        if self._shards(world):
             sharding.save_checkpoint(output, task, optimizer, None if same else run.best_state, state, world)
         else:
             checkpoint.save(output, task, optimizer, None if same else run.best_state, state)
