@@ -63,7 +63,7 @@ def test_finetune_search_saves_the_best_trial(assets, tmp_path, capsys):
     _write_csv(tmp_path / "train.csv", [(s, topic[i % 9]) for i, s in enumerate(SENTENCES)])
     out = tmp_path / "model"
     assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
-                 "--output", str(out), "--epochs", "3", "--search", "lr=0.0001,0.05", "--search",
+                 "--output", str(out), "--epochs", "3", "--head-lr", "1e-3", "--search", "lr=0.0001,0.05", "--search",
                  "strategy=full,linear_probe", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| rank | lr | strategy | val_accuracy |" in printed

@@ -199,5 +199,6 @@ def test_text_backbones_give_no_stages_and_pooling_adds_no_weights(tiny_specs):
     assert backbone(**inputs, stages=True).stages == [] and backbone.feature_info.stages == ()
     # Nothing new is saved: old saved models load into the same state_dict and config.
     assert all(k.startswith("encoder.") for k in backbone.state_dict())
-    assert set(backbone.config) == {"source", "name", "modality", "feature_dim", "arch", "preprocess"}
+    # "init" (where the weights came from) is load_backbone's record; configs saved without it load too.
+    assert set(backbone.config) == {"source", "name", "modality", "feature_dim", "arch", "preprocess", "init"}
     assert set(backbone.config["arch"]) == {"num_words", "dim", "pooling", "buckets"}

@@ -119,3 +119,24 @@ def test_data_from_csv_jsonl_and_image_folder(assets, tmp_path):
     history = tk.Trainer(epochs=10, lr=0.05, batch_size=4, progress=False).fit(model, images, images)
     assert history[-1]["val_accuracy"] == 1.0
     assert model.predict([str(tmp_path / "img" / "light" / "0.png")]) == ["light"]
+
+
+def test_checkpoint_every_writes_every_nth_epoch_and_the_last(assets, tmp_path, monkeypatch):
+    from transferkit.trainer import checkpoint
+
+    written = []
+    real = checkpoint.save
+
+    def spy(directory, task, optimizer, best_state, state):
+        written.append(state["epoch"] - 1)  # a checkpoint at an epoch's end names the next epoch
+        return real(directory, task, optimizer, best_state, state)
+
+    monkeypatch.setattr(checkpoint, "save", spy)
+    tk.Trainer(epochs=7, lr=0.05, batch_size=16, checkpoint_every=3, output_dir=str(tmp_path / "run"),
+               loggers=(), progress=False).fit(_model(assets), PAIRS[:20])
+    assert written == [3, 6, 7]
+    resumed = tk.Trainer(epochs=8, lr=0.05, batch_size=16, output_dir=str(tmp_path / "run"), loggers=(),
+                         progress=False).fit(_model(assets), PAIRS[:20], resume=True)
+    assert [r["epoch"] for r in resumed] == list(range(1, 9)) and written[-1] == 8
+    with pytest.raises(tk.errors.ConfigError, match="checkpoint_every"):
+        tk.Trainer(epochs=1, checkpoint_every=0, progress=False).fit(_model(assets), PAIRS[:20])

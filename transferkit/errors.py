@@ -37,6 +37,10 @@ class CheckpointError(TransferkitError, ValueError):
     """A saved model directory is missing files or was written by something else."""
 
 
+class TooFewToSplitError(DataError):
+    """A labelled set too small to hold out validation data without leaving a class (or the training part) empty."""
+
+
 class LabelError(DataError):
     """Labels are missing, empty or do not follow the label rule (the message names the rows)."""
 

@@ -222,7 +222,8 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
 # ------------------------------------------------------------------------------------------ run dirs
 
 # What a run directory written before RUN_MARKER existed may hold (Trainer and its loggers).
-_RUN_FILES = {"checkpoint", "metrics.csv", "steps.csv", "curves.png", "confusion.png", "tensorboard", RUN_MARKER}
+_RUN_FILES = {"checkpoint", "metrics.csv", "steps.csv", "curves.png", "confusion.png", "tensorboard", "settings.json",
+              RUN_MARKER}
 
 
 def _is_run_file(name: str) -> bool:

@@ -114,7 +114,8 @@ class TransferModel(nn.Module):
         return predictions[0] if single else predictions
 
     def save_pretrained(self, directory: str | os.PathLike, metrics: dict | None = None, *,
-                        overwrite: bool = False, include_base: bool = False, merge: bool = False) -> Path:
+                        overwrite: bool = False, include_base: bool = False, merge: bool = False,
+                        training: dict | None = None) -> Path:
         """Write weights (safetensors), config and model card to ``directory``; returns its path.
 
         An existing transferkit model there is replaced once the new one is complete; any other non-empty
@@ -125,16 +126,18 @@ class TransferModel(nn.Module):
         reference to the base (its ``load_backbone`` spec and a fingerprint of its weights), which
         :meth:`from_pretrained` loads again; ``include_base=True`` writes the whole model with the adapter in it;
         ``merge=True`` writes a plain model with the adapter folded into the weights (this model keeps its
-        adapter).
+        adapter). ``training``: how it was trained (settings, and why each default was chosen), kept in
+        config.json and the model card.
         """
         if merge and self.backbone.config.get("adapters") is not None:
             import copy
 
             merged = copy.deepcopy(self)
             merged.merge()
-            return save_pretrained(directory, merged.backbone, merged.head, metrics, overwrite=overwrite)
+            return save_pretrained(directory, merged.backbone, merged.head, metrics, overwrite=overwrite,
+                                   training=training)
         return save_pretrained(directory, self.backbone, self.head, metrics, overwrite=overwrite,
-                               include_base=include_base)
+                               include_base=include_base, training=training)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu", *,

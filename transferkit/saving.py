@@ -110,7 +110,8 @@ def load_saved_backbone(directory: str | os.PathLike, **options: Any) -> Backbon
 
 
 def save_pretrained(directory: str | os.PathLike, backbone: Backbone, head: nn.Module | None = None,
-                    metrics: dict | None = None, *, overwrite: bool = False, include_base: bool = False) -> Path:
+                    metrics: dict | None = None, *, overwrite: bool = False, include_base: bool = False,
+                    training: dict | None = None) -> Path:
     """Save a backbone (and optionally its head) crash-safely; see the module docstring for the layout.
 
     What may be at ``directory``: nothing, an empty directory, or a transferkit model (replaced). Any
@@ -126,6 +127,8 @@ def save_pretrained(directory: str | os.PathLike, backbone: Backbone, head: nn.M
         overwrite: replace a directory that is not a transferkit model.
         include_base: with a PEFT adapter on the backbone, save the whole model (base, active adapter and head;
             BitFit and norm-tuning adapters are then in the weights) instead of the adapter and head alone.
+        training: how the model was trained (JSON: ``{"settings": {...}, "chosen": {name: why}}`` as
+            ``transferkit finetune`` writes it), kept in config.json and listed in the model card.
 
     Returns:
         ``directory`` as a Path.
@@ -160,6 +163,8 @@ def save_pretrained(directory: str | os.PathLike, backbone: Backbone, head: nn.M
             config = {"format": FORMAT, "format_version": FORMAT_VERSION, "transferkit_version": __version__,
                       "backbone": backbone_config, "head": head.config if head is not None else None,
                       "metrics": metrics or {}}
+            if training:
+                config["training"] = training
             if adapter_only:
                 config["saved"] = "adapter"
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -306,6 +311,12 @@ def model_card(config: dict) -> str:
                          f"weights sha256 fingerprint `{base['fingerprint'][:16]}…` (checked on load)")
     for k, v in config.get("metrics", {}).items():
         lines.append(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}")
+    training = config.get("training") or {}
+    if training.get("settings"):
+        lines.append("- trained with: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                    for k, v in training["settings"].items() if v is not None))
+    for k, why in (training.get("chosen") or {}).items():
+        lines.append(f"  - {k} chosen by default: {why}")
     lines += ["", "Preprocessing is saved with the weights." if config.get("saved") != "adapter" else
               "The base's preprocessing comes with the base.", "", "```python",
               "from transferkit import TransferModel, load_backbone",

@@ -112,6 +112,11 @@ def load_backbone(spec: str | os.PathLike, **options: Any) -> Backbone:
     backbone, spec_str = _load(spec_str, options)
     # What a saved adapter refers to, to find its base again (a directory by its absolute path).
     backbone.origin = {"spec": spec_str, "options": dict(options)}
+    # Where the weights come from, which the small-data defaults choose learning rates by (trainer.auto); a
+    # saved directory keeps the record it was saved with (one saved without it: trainer.auto.initialisation).
+    if not os.path.isfile(os.path.join(spec_str, "config.json")):
+        random = options.get("weights", "default") in (None, "random", "none") or spec_str.startswith("scratch:")
+        backbone.config.setdefault("init", "random" if random else "pretrained")
     return backbone
 
 

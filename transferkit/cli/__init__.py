@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "or an image folder with one sub-folder per class")
     p.add_argument("--val", help="validation data (same forms); default: a stratified split of --data")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of --data held out when --val is "
-                                                                    "not given (default 0.2; 0 disables)")
+                                                                    "not given (default 0.2; 0 disables). A class "
+                                                                    "gives examples only when it has 3 or more; "
+                                                                    "with none to give, all train and the last "
+                                                                    "epoch's weights are kept")
     p.add_argument("--output", required=True,
                    help="directory to save the fine-tuned model to; run state goes to OUTPUT.run/ (see --run-dir). "
                         "A path holding anything but a transferkit model or an empty directory, a file, or '.' "
@@ -109,10 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", action="store_true", help="ner: a linear-chain CRF on the word logits (learnt "
                                                       "transitions, CRF loss, constrained Viterbi)")
     _data_columns(p)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, help="passes over the data (default: enough for 100 optimiser steps, 25 for "
+                                               "a pretrained transformer, and at least 3; printed and saved with "
+                                               "the run)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-5, help="backbone learning rate (default 5e-5)")
-    p.add_argument("--head-lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, help="backbone learning rate (default: by what is trained, e.g. 1e-4 for a "
+                                            "pretrained transformer, 1e-3 for a network from random or "
+                                            "self-supervised weights; printed and saved with the run)")
+    p.add_argument("--head-lr", type=float, help="head learning rate (default: by what is trained, e.g. 3e-3 on a "
+                                                 "transformer, 1e-2 on a vision network or a frozen backbone)")
     p.add_argument("--freeze", action="store_true", help="freeze the backbone (same as --strategy linear_probe)")
     p.add_argument("--strategy", default="full", help="full, linear_probe, gradual_unfreeze, llrd, lp_ft, "
                                                       "lp_ft_balanced, or PEFT: lora, dora, ia3, prompt_tuning, "
@@ -139,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by-length", action="store_true", help="text: batch examples of similar length "
                                                                   "together (less padding, faster epochs)")
     p.add_argument("--run-dir", help="checkpoints, metrics.csv and the PNG report (default: OUTPUT.run)")
-    p.add_argument("--save-every", type=int, help="also checkpoint every N steps (always at epoch ends)")
+    p.add_argument("--save-every", type=int, help="also checkpoint every N steps (besides epoch ends)")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint at the end of every N epochs and of the last "
+                                                        "(default: a tenth of the epochs, at least 1)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in --run-dir")
     p.add_argument("--search", action="append", default=[], metavar="FIELD=V1,V2,...",
@@ -261,30 +271,58 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     tk.seed_everything(args.seed)
     from transferkit.cli.task_data import task_parts
 
+    from transferkit.cli.settings import announce, record_settings, save_record, sized_backbone
+    from transferkit.errors import TooFewToSplitError
+    from transferkit.trainer import auto
+
     read, split, make_head, what = task_parts(args)
     data = read(args.data)
     if args.val:
         train, val = data, read(args.val)
     elif args.val_fraction > 0:
-        train, val = split(data, args.val_fraction, seed=args.seed)
+        try:
+            train, val = split(data, args.val_fraction, seed=args.seed)
+        except TooFewToSplitError as e:
+            print(f"no validation split: {e} All {len(data)} examples train, and the last epoch's weights are "
+                  "kept.", flush=True)
+            train, val = data, None
     else:
         train, val = data, None
     head_args = make_head(data)
+    images = getattr(data, "inputs", ()) if args.task in ("classification", "multilabel", "regression") else ()
+    first, options, size = sized_backbone(args.backbone, parse_options(args.option), images, args.seed)
+    built = [first]
 
     def build() -> tk.TransferModel:
-        backbone = tk.load_backbone(args.backbone, **parse_options(args.option))
+        backbone = built.pop() if built else tk.load_backbone(args.backbone, **options)
         if args.freeze:
             backbone.freeze()
         return tk.TransferModel(backbone, head_args())
+    chosen = {"image_size": size} if size is not None else {}
+    if args.epochs is None:
+        chosen["epochs"] = auto.epochs(len(train), args.batch_size, first)
+    lr, head_lr = auto.rates(first, frozen=args.freeze or args.strategy == "linear_probe" or first.trainable_top == 0)
+    if args.lr is None:
+        chosen["lr"] = lr
+    if args.head_lr is None:
+        chosen["head_lr"] = head_lr
+    announce(chosen, "settings")
+    settings = record_settings(chosen, {"epochs": args.epochs, "lr": args.lr, "head_lr": args.head_lr,
+                               "batch_size": args.batch_size, "strategy": args.strategy,
+                               "initialisation": auto.initialisation(first)})
+    save_record(run_dir, settings)
+    picked = settings["settings"]
     # Training state lives beside the model (OUTPUT.run): save_pretrained replaces --output as a whole.
-    trainer = tk.Trainer(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
-                         head_lr=args.head_lr, optimizer=args.optimizer, schedule=args.schedule, warmup=args.warmup,
+    trainer = tk.Trainer(epochs=picked["epochs"], batch_size=args.batch_size, accumulate=args.accumulate,
+                         lr=picked["lr"], head_lr=picked["head_lr"], optimizer=args.optimizer, schedule=args.schedule,
+                         warmup=args.warmup,
                          precision=args.precision, lr_decay=args.lr_decay,
                          strategy=get_strategy(args.strategy, **parse_options(args.strategy_option)),
                          **({"metric": args.metric} if args.metric else {}), patience=args.patience, seed=args.seed, device=args.device,
                          num_workers=args.num_workers, group_by_length=args.group_by_length,
                          compile=args.compile, output_dir=str(run_dir),
                          save_every=args.save_every,
+                         checkpoint_every=args.checkpoint_every or max(1, picked["epochs"] // 10),
                          loggers=("csv", "report") + (("tensorboard",) if args.tensorboard else ()),
                          progress=not args.no_progress)
     print(f"fine-tuning {args.backbone} on {len(train)} examples ({what(data)})"
@@ -321,7 +359,7 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
         print("best validation: " + "  ".join(f"{k}={v:.4f}" for k, v in best.items()))
     model.to(torch.device("cpu"))
     path = model.save_pretrained(output, metrics={f"val_{k}": v for k, v in best.items()}, overwrite=args.overwrite,
-                                 include_base=args.save == "full", merge=args.save == "merged")
+                                 include_base=args.save == "full", merge=args.save == "merged", training=settings)
     print(f"saved to {path}")
     return 0
 

@@ -53,9 +53,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="task option, e.g. mask_prob=0.15, whole_word=true; for word vectors the trainer's "
                         "keyword arguments, e.g. vector_size=100, window=5, min_count=5")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--epochs", type=int, help="passes over the corpus (network tasks' default: the recipe for the "
+                                               "backbone, e.g. 6 from random weights, 1 to continue pretrained "
+                                               "ones; word vectors: 1)")
+    p.add_argument("--batch-size", type=int, help="network tasks (default: the recipe's, e.g. 64 images, 32 texts)")
+    p.add_argument("--lr", type=float, help="network tasks (default: the recipe's, e.g. 3e-3 for images from random "
+                                            "weights, 1e-3 for a text model from scratch, 5e-5 to continue "
+                                            "a pretrained one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda... (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         _check_vectors_output(Path(args.output), args.overwrite)
         train: Callable = getattr(importlib.import_module("transferkit.backbones.word_vectors.training"),
                                  VECTOR_TASKS[args.task])
-        path = train(args.data, args.output, epochs=args.epochs, seed=args.seed, progress=not args.no_progress,
+        path = train(args.data, args.output, epochs=args.epochs or 1, seed=args.seed, progress=not args.no_progress,
                      **task_options)
         print(f"saved {args.task} vectors to {path}; load them with load_backbone('{args.task}:{path}')")
         return 0
@@ -98,16 +102,33 @@ def _pretrain_network(args: argparse.Namespace, output: Path, task_options: dict
     import transferkit as tk
     from transferkit.cli import format_number, parse_options
 
+    from transferkit.cli.settings import announce
+    from transferkit.trainer import auto
+    from transferkit.trainer.auto import Choice
+
     tk.seed_everything(args.seed)
-    backbone = _backbone(args.backbone, args.data, parse_options(args.option))
+    backbone, size = _backbone(args.backbone, args.data, parse_options(args.option), args.seed)
+    recipe, which = auto.pretraining(backbone)
+    chosen = {"image_size": size} if size is not None else {}
+    for key in ("epochs", "lr", "batch_size"):
+        if getattr(args, key) is None:
+            chosen[key] = Choice(getattr(recipe, key), f"the recipe {which}")
+    announce(chosen, "pretraining settings")
+    picked = {key: getattr(args, key) if getattr(args, key) is not None else chosen[key].value
+              for key in ("epochs", "lr", "batch_size")}
     module, name, fixed = NETWORK_TASKS[args.task]
     task = getattr(importlib.import_module(module), name)(backbone, **{**fixed, **task_options})
-    trainer = tk.Trainer(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         device=args.device, progress=not args.no_progress)
+    trainer = tk.Trainer(**picked, seed=args.seed, device=args.device, progress=not args.no_progress)
     history = trainer.fit(task, args.data)
     for record in history:
         print("  " + "  ".join(f"{k}={format_number(v)}" for k, v in record.items()))
     task.backbone.to("cpu")
+    # What the weights went through: fine-tuning's defaults read it (trainer.auto.initialisation).
+    config = task.backbone.config
+    config["pretraining"] = [*config.get("pretraining", []), {"task": args.task, **picked, **task_options,
+                                                               "train_loss": history[-1]["train_loss"]}]
+    if auto.initialisation(task.backbone) == "random":
+        config["init"] = "self-supervised"
     path = task.backbone.save_pretrained(output, metrics={"pretrain_task": args.task,
                                                           "train_loss": history[-1]["train_loss"]},
                                          overwrite=args.overwrite)
@@ -115,12 +136,27 @@ def _pretrain_network(args: argparse.Namespace, output: Path, task_options: dict
     return 0
 
 
-def _backbone(spec: str, corpus: str, options: dict):
-    """Load the backbone; a source that builds from a corpus (``scratch:``) gets ``--data`` as ``corpus``."""
-    import transferkit as tk
+def _backbone(spec: str, corpus: str, options: dict, seed: int):
+    """Load the backbone, sized to the corpus's images when they are far smaller than its input (returns it and
+    that choice, or ``None``); a source that builds from a corpus (``scratch:``) gets ``--data`` as ``corpus``."""
     from transferkit.backbones.registry import sources, valid_options
+    from transferkit.cli.settings import sized_backbone
 
     src = sources().get(spec.partition(":")[0])
     if src is not None and "corpus" in (valid_options(src.build, skip=1) or ()):
         options = {"corpus": corpus, **options}
-    return tk.load_backbone(spec, **options)
+    backbone, _, size = sized_backbone(spec, options, _image_files(corpus), seed)
+    return backbone, size
+
+
+def _image_files(path: str):
+    """The image files of a corpus folder, found lazily (a text corpus has none)."""
+    from transferkit.data.images import ImageFolderCorpus
+    from transferkit.errors import DataError
+
+    if not Path(path).is_dir():
+        return iter(())
+    try:
+        return ImageFolderCorpus(path, shuffle_buffer=0).files()
+    except DataError:  # an empty folder: the task's reader says what is wrong
+        return iter(())

@@ -10,6 +10,7 @@ def task_parts(args: argparse.Namespace):
     import random
 
     import transferkit as tk
+    from transferkit.errors import TooFewToSplitError
     from transferkit.data import (
         LabelledData,
         class_names,
@@ -33,6 +34,8 @@ def task_parts(args: argparse.Namespace):
         return (read_sets, random_split, multi_head,
                 lambda data: f"{len(label_set_classes(data.labels)[0])} classes, multi-label")
     def split_list(items, fraction, seed):
+        if len(items) < 2:
+            raise TooFewToSplitError(f"{len(items)} example is too few to hold out a validation split: pass --val.")
         held = set(random.Random(seed).sample(range(len(items)), max(1, round(len(items) * fraction))))
         return [s for i, s in enumerate(items) if i not in held], [s for i, s in enumerate(items) if i in held]
 
@@ -59,6 +62,9 @@ def task_parts(args: argparse.Namespace):
 
         def split_questions(examples, fraction, seed):  # by context: no paragraph in both parts
             contexts = sorted({e.context for e in examples})
+            if len(contexts) < 2:
+                raise TooFewToSplitError("the questions share one context: too few to hold out a validation "
+                                         "split by context; pass --val.")
             held = set(random.Random(seed).sample(contexts, max(1, round(len(contexts) * fraction))))
             return [e for e in examples if e.context not in held], [e for e in examples if e.context in held]
 

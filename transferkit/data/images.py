@@ -135,3 +135,25 @@ def unlabelled_images(data: Any) -> list | ImageFolderCorpus:
     if not images:
         raise DataError("the list of images is empty: give at least one image.")
     return images
+
+
+def typical_side(paths: Any, sample: int = 64) -> int | None:
+    """The median longer side, in pixels, of the first ``sample`` image files of ``paths`` (an iterable of
+    paths: only the headers are read), or ``None`` when none of them is a readable image file.
+
+    What the small-data defaults size a network's input by (:func:`transferkit.trainer.auto.image_size`).
+    """
+    from PIL import Image
+
+    sides = []
+    for path in paths:
+        if len(sides) >= sample:
+            break
+        if not isinstance(path, (str, os.PathLike)):
+            continue
+        try:
+            with Image.open(path) as im:
+                sides.append(max(im.size))
+        except Exception:  # unreadable files are reported by the data readers, not here
+            continue
+    return int(np.median(sides)) if sides else None

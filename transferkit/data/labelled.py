@@ -6,7 +6,10 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from transferkit.errors import DataError
+from transferkit.errors import DataError, TooFewToSplitError
+
+# A class gives validation examples only from this many on: it keeps at least two for training.
+MIN_TO_HOLD_OUT = 3
 
 
 @dataclass
@@ -43,7 +46,14 @@ class LabelledData:
 
 
 def stratified_split(data: LabelledData, fraction: float, seed: int = 0) -> tuple[LabelledData, LabelledData]:
-    """Hold out ``fraction`` of each class (at least one example of classes with two or more)."""
+    """Hold out ``fraction`` of each class that has :data:`MIN_TO_HOLD_OUT` or more examples (at least one of
+    each such class); smaller classes keep all theirs for training, so no class is left without training
+    examples and none keeps fewer than two.
+
+    Raises:
+        TooFewToSplitError: no class has :data:`MIN_TO_HOLD_OUT` examples (``finetune`` then trains on all of
+            them and keeps the last epoch's weights).
+    """
     if not 0 < fraction < 1:
         raise DataError(f"the held-out fraction must be between 0 and 1, got {fraction}.")
     rng = random.Random(seed)
@@ -53,11 +63,12 @@ def stratified_split(data: LabelledData, fraction: float, seed: int = 0) -> tupl
     train, held = [], []
     for indices in by_class.values():
         rng.shuffle(indices)
-        k = min(len(indices) - 1, max(1, round(len(indices) * fraction)))
+        k = 0 if len(indices) < MIN_TO_HOLD_OUT else min(len(indices) - 2, max(1, round(len(indices) * fraction)))
         held += indices[:k]
         train += indices[k:]
     if not held:
-        raise DataError(f"{len(data)} examples are too few to hold out a validation split: pass --val data.")
+        raise TooFewToSplitError(f"{len(data)} examples are too few to hold out a validation split (no class has "
+                                 f"{MIN_TO_HOLD_OUT} or more): pass --val data.")
     return data.subset(sorted(train)), data.subset(sorted(held))
 
 
@@ -66,7 +77,7 @@ def random_split(data: LabelledData, fraction: float, seed: int = 0) -> tuple[La
     if not 0 < fraction < 1:
         raise DataError(f"the held-out fraction must be between 0 and 1, got {fraction}.")
     if len(data) < 2:
-        raise DataError(f"{len(data)} example is too few to hold out a validation split: pass --val data.")
+        raise TooFewToSplitError(f"{len(data)} example is too few to hold out a validation split: pass --val data.")
     order = list(range(len(data)))
     random.Random(seed).shuffle(order)
     k = min(len(data) - 1, max(1, round(len(data) * fraction)))

@@ -99,7 +99,11 @@ class Trainer:
             Transformers' ``group_by_length``; off by default, as there.
         output_dir: where checkpoints, ``metrics.csv`` and the report go; ``None`` writes nothing.
         save_every: also checkpoint every this many optimiser steps (a checkpoint is written at the end
-            of every epoch when ``output_dir`` is set).
+            of every ``checkpoint_every``-th epoch and of the last when ``output_dir`` is set).
+        checkpoint_every: checkpoint at the end of every this many epochs (and always of the last one); a
+            resume starts from the latest. More than 1 for runs of many short epochs (a tiny labelled set
+            trained for a floor of steps), where writing weights and optimiser state every epoch costs more
+            than the epoch.
         loggers: with ``output_dir``: any of ``"csv"``, ``"tensorboard"``, ``"report"`` (PNG curves at the end,
             and the task's own report files: classification's confusion matrix).
         compile: ``torch.compile`` the task's forward pass: ``True`` or a backend name.
@@ -141,6 +145,7 @@ class Trainer:
     fsdp: bool = False
     output_dir: str | None = None
     save_every: int | None = None
+    checkpoint_every: int = 1
     loggers: tuple[str, ...] = ("csv", "report")
     compile: bool | str = False
     channels_last: bool | None = None
@@ -188,6 +193,8 @@ class Trainer:
 
         self.best = None
         task = as_task(model)
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every is a number of epochs, 1 or more; got {self.checkpoint_every!r}.")
         seed_everything(self.seed)
         train_examples = task.examples(train)
         val_examples = task.examples(val) if val is not None else None
@@ -274,8 +281,9 @@ class Trainer:
             run.history.append(record)
             self._emit(callbacks, "on_epoch_end", {"epoch": epoch, "step": run.step, "metrics": record,
                                                    "seconds": record["seconds"]})
-            if output is not None and (world.main or sharded):  # a sharded checkpoint is written by all
-                self._save(output, task, optimizer, scheduler, precision, run, True, world)
+            ending = epoch == self.epochs or stop or (self.patience is not None and run.stale > self.patience)
+            if output is not None and (world.main or sharded) and (ending or epoch % self.checkpoint_every == 0):
+                self._save(output, task, optimizer, scheduler, precision, run, True, world)  # sharded: by all
             if self.patience is not None and run.stale > self.patience:
                 break
         strategy.finish(task)  # gives back the trainable parts the backbone had before fit
