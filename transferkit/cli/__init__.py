@@ -162,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "map, loss; regression: rmse, mae, r2, spearman, loss)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, help="train N times, with seeds --seed, --seed + 1, ...: prints and saves "
+                                             "each metric's mean ± std and 95%% interval over seeds (run directory: "
+                                             "seeds.csv, seeds.json, seed-N/) and keeps the seed best on validation")
+    p.add_argument("--keep-all", action="store_true", help="--seeds: also save every seed's model "
+                                                           "(RUN_DIR/seed-N/model)")
     p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_finetune)
@@ -258,6 +263,11 @@ def _finetune(args: argparse.Namespace) -> int:
     output = check_output(args.output, overwrite=args.overwrite)
     run_dir = Path(args.run_dir).absolute() if args.run_dir else output.with_name(output.name + ".run")
     get_strategy(args.strategy, **parse_options(args.strategy_option))
+    if args.seeds is not None and (args.seeds < 1 or args.search or args.teacher):
+        from transferkit.errors import ConfigError
+
+        raise ConfigError("--seeds takes a number of runs, 1 or more, and does not combine with --search or "
+                          "--teacher yet: search (or distil) first, then rerun the chosen settings over seeds.")
     with output_lock(output), output_lock(run_dir):  # a second run on the same --output is refused
         claim_run_dir(run_dir, resume=args.resume)
         return _train_and_save(args, output, run_dir)
@@ -341,12 +351,15 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
         print(f"distilling {args.teacher} (T={args.temperature}, alpha={args.alpha})", flush=True)
         task = DistillationTask(model, teacher, temperature=args.temperature, alpha=args.alpha)
         history = trainer.fit(task, train, val, resume=args.resume)
+    elif args.seeds:
+        model, history = _fit_seeds(build, train, val, trainer, args, run_dir)
     else:
         model = build()
         history = trainer.fit(model, train, val, resume=args.resume)
-    for record in history:
-        print("  " + "  ".join(f"{k}={format_number(v)}" for k, v in record.items()))
-    if getattr(trainer, "best", None) and history:
+    if not args.seeds:
+        for record in history:
+            print("  " + "  ".join(f"{k}={format_number(v)}" for k, v in record.items()))
+    if getattr(trainer, "best", None) and "epoch" in trainer.best and history:
         print(f"restored epoch {trainer.best['epoch']}: {trainer.best['reason']}")
     best = {}
     if args.task == "multilabel" and val is not None:
@@ -358,10 +371,35 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
         best = trainer.evaluate(model, val)
         print("best validation: " + "  ".join(f"{k}={v:.4f}" for k, v in best.items()))
     model.to(torch.device("cpu"))
-    path = model.save_pretrained(output, metrics={f"val_{k}": v for k, v in best.items()}, overwrite=args.overwrite,
+    metrics = {f"val_{k}": v for k, v in best.items()}
+    if trainer.seeds_result is not None:  # the spread over seeds, beside the kept seed's own figures
+        metrics["seeds"] = len(trainer.seeds_result.seeds)
+        metrics["kept_seed"] = trainer.seeds_result.best_seed
+        for name, spread in trainer.seeds_result.summary.items():
+            figures = {"mean": spread.mean, "std": spread.std, "low": spread.low, "high": spread.high}
+            metrics.update({f"{name}_{k}": v for k, v in figures.items() if v == v})  # one seed: no spread (nan)
+    path = model.save_pretrained(output, metrics=metrics, overwrite=args.overwrite,
                                  include_base=args.save == "full", merge=args.save == "merged", training=settings)
     print(f"saved to {path}")
     return 0
+
+
+def _fit_seeds(build, train, val, trainer, args: argparse.Namespace, run_dir: Path):
+    """``--seeds N``: one run per seed (``--seed``, ``--seed`` + 1, ...); prints the spread; returns the seed kept
+    (best on validation) and the history over seeds. ``--keep-all`` also saves every seed's model in the run
+    directory (``seed-N/model``)."""
+    trainer.seeds = [args.seed + i for i in range(args.seeds)]
+    trainer.keep = "all" if args.keep_all else "best"
+    history = trainer.fit(build, train, val, resume=args.resume)
+    result = trainer.seeds_result
+    print(f"{len(result.seeds)} seeds ({', '.join(map(str, result.seeds))}); each seed's run in {run_dir}/seed-N:")
+    print(result.table())
+    print(f"kept seed {result.best_seed} (best {result.metric})")
+    if args.keep_all:
+        for seed, one in result.models.items():
+            one.to("cpu").save_pretrained(run_dir / f"seed-{seed}" / "model", overwrite=True)
+        print(f"every seed's model saved in {run_dir}/seed-N/model")
+    return result.best_model, history
 
 
 def format_number(value) -> str:

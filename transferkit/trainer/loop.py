@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -33,9 +32,11 @@ from torch.utils.data import DataLoader, IterableDataset
 from transferkit.errors import CheckpointError, ConfigError, DataError
 
 from . import checkpoint, distributed, sharding
+from .common import as_task, batch_len, seed_everything, to_device
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .run import Run
+from .seeds import check as check_seeds
 from .selection import custom_metrics, custom_values, resolve
 
 EVENTS = ("on_train_start", "on_step_end", "on_epoch_end", "on_train_end")
@@ -114,6 +115,13 @@ class Trainer:
             fit one device. One process ignores it.
         progress: show a progress bar.
         callbacks: event name → list of ``fn(trainer, state)``.
+        seeds: train once per seed (:mod:`.seeds`): ``fit`` then returns each epoch's mean over seeds with
+            ``<key>_std`` and the 95% interval ``<key>_low``/``<key>_high``, and :attr:`seeds_result` has each
+            seed's run and the mean ± std and interval of every metric at the epochs kept. ``fit`` takes a model
+            (each seed trains a copy with a head initialised from the seed) or a callable returning a fresh
+            model (called after seeding, so random backbones differ too). ``None``: one run with ``seed``.
+        keep: with ``seeds``: ``"best"`` keeps the seed best on validation (its weights end up in the model
+            given to ``fit``), ``"all"`` every seed's model (``seeds_result.models``).
 
     After :meth:`fit`, ``trainer.best`` is the epoch whose weights were restored, or ``None`` without
     validation data: ``{"epoch": 7, "metric": "accuracy", "value": 0.5, "val_loss": 0.675, "reason":
@@ -151,14 +159,18 @@ class Trainer:
     channels_last: bool | None = None
     progress: bool = True
     callbacks: dict[str, list[Callable]] = field(default_factory=dict)
-    # Not a setting (no annotation, so not a field): set by fit(), see the class docstring.
+    seeds: list[int] | None = None
+    keep: str = "best"
+    # Not settings (no annotation, so not fields): set by fit(), see the class docstring.
     best = None
+    seeds_result = None
 
     def __post_init__(self):
         unknown = set(self.callbacks) - set(EVENTS)
         if unknown:
             raise ValueError(f"unknown callback events {sorted(unknown)}; events are {EVENTS}")
         custom_metrics(self.metrics)  # the forms; the names are checked against the task's in fit
+        check_seeds(self.seeds, self.keep)
         if self.accumulate < 1 or self.batch_size < self.accumulate:
             raise ValueError(f"need 1 <= accumulate <= batch_size, got accumulate={self.accumulate}, "
                              f"batch_size={self.batch_size}")
@@ -177,6 +189,10 @@ class Trainer:
         Returns:
             One dict per epoch: ``epoch``, ``step``, ``train_loss``, ``lr``, ``seconds`` and ``val_*`` metrics.
         """
+        if self.seeds is not None:
+            from .seeds import fit_seeds
+
+            return fit_seeds(self, model, train, val, resume)
         world, device = distributed.setup(self.device)
         if self.output_dir is None or not world.main:
             return self._fit(model, train, val, resume, world, device)
@@ -493,46 +509,3 @@ class Trainer:
     def _emit(self, callbacks: dict[str, list[Callable]], event: str, state: dict) -> None:
         for fn in callbacks.get(event, []):
             fn(self, state)
-
-
-def as_task(model: nn.Module) -> nn.Module:
-    """A task as is; a model wrapped in the task its head names (``model.head.task(model)``), or in a
-    :class:`~transferkit.tasks.ClassificationTask` when its head names none."""
-    if hasattr(model, "examples") and hasattr(model, "collate"):
-        return model
-    make = getattr(getattr(model, "head", None), "task", None)
-    if callable(make):
-        return make(model)
-    from transferkit.tasks import ClassificationTask
-
-    return ClassificationTask(model)
-
-
-def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if channels_last and batch.ndim == 4 and batch.is_floating_point():
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
-    return batch
-
-
-def batch_len(batch: Any) -> int:
-    """Examples in a batch: the first dimension of its first tensor."""
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0]
-    if isinstance(batch, dict):
-        for value in batch.values():
-            n = batch_len(value)
-            if n:
-                return n
-    return 0
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

@@ -366,7 +366,10 @@ def _plot(axes, history: list[dict], keys: Iterable[str], ylabel: str) -> None:
 
     keys = list(keys)
     for key in keys:
-        axes.plot(*_series(history, key), marker="o", label=key)
+        line, = axes.plot(*_series(history, key), marker="o", label=key)
+        (x, low), (_, high) = _series(history, f"{key}_low"), _series(history, f"{key}_high")
+        if low and len(low) == len(high) and all(v == v for v in low + high):  # over seeds: the 95% interval
+            axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     axes.set_xlabel("epoch")
     axes.set_ylabel(ylabel)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -375,10 +378,13 @@ def _plot(axes, history: list[dict], keys: Iterable[str], ylabel: str) -> None:
         axes.legend()
 
 
+SPREAD_SUFFIXES = ("_std", "_low", "_high")  # a history over seeds (trainer.seeds): drawn as bands, not lines
+
+
 def _curves_figure(history: list[dict]):
     keys = list(dict.fromkeys(k for row in history for k in row))
     losses = [k for k in ("train_loss", "val_loss") if k in keys]
-    others = [k for k in keys if k.startswith("val_") and k != "val_loss"]
+    others = [k for k in keys if k.startswith("val_") and k != "val_loss" and not k.endswith(SPREAD_SUFFIXES)]
     figure = _new_figure(figsize=(11 if others else 6, 4), dpi=100, layout="constrained")
     panels = figure.subplots(1, 2 if others else 1, squeeze=False)[0]
     _plot(panels[0], history, losses, "loss")
