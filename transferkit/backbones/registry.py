@@ -112,11 +112,6 @@ def load_backbone(spec: str | os.PathLike, **options: Any) -> Backbone:
     backbone, spec_str = _load(spec_str, options)
     # What a saved adapter refers to, to find its base again (a directory by its absolute path).
     backbone.origin = {"spec": spec_str, "options": dict(options)}
-    # Where the weights come from, which the small-data defaults choose learning rates by (trainer.auto); a
-    # saved directory keeps the record it was saved with (one saved without it: trainer.auto.initialisation).
-    if not os.path.isfile(os.path.join(spec_str, "config.json")):
-        random = options.get("weights", "default") in (None, "random", "none") or spec_str.startswith("scratch:")
-        backbone.config.setdefault("init", "random" if random else "pretrained")
     return backbone
 
 
@@ -179,7 +174,7 @@ def _call(build: Callable[..., Backbone], spec: str, args: tuple, options: dict,
             if key not in valid:
                 raise option_error(spec, key, valid)
     try:
-        return build(*args, **options)
+        backbone = build(*args, **options)
     except TypeError as e:
         # A builder that forwards **options further may still meet a keyword it cannot place.
         found = re.search(r"unexpected keyword argument '(\w+)'", str(e))
@@ -187,6 +182,11 @@ def _call(build: Callable[..., Backbone], spec: str, args: tuple, options: dict,
         if isinstance(e, OptionError) or key not in options or (valid is not None and key in valid):
             raise
         raise option_error(spec, key, _keyword_names(build, len(args))) from e
+    # Where the weights come from, which the small-data defaults choose learning rates by (trainer.auto). Only
+    # builders are called here: a saved directory keeps the record it was saved with.
+    random = options.get("weights", "default") in (None, "random", "none") or spec.startswith("scratch:")
+    backbone.config.setdefault("init", "random" if random else "pretrained")
+    return backbone
 
 
 def list_backbones(pattern: str = "*") -> list[str]:

@@ -3,7 +3,6 @@ the backbone sized to the data's images, and how each choice is said and kept wi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,9 +18,10 @@ def sized_backbone(spec: str, options: dict, image_paths: Iterable[Any], seed: i
     from transferkit.errors import OptionError
     from transferkit.trainer import auto
 
+    from transferkit.files import is_model_dir
+
     backbone = tk.load_backbone(spec, **options)
-    saved = os.path.isfile(os.path.join(spec, "config.json"))  # keeps the size it was saved with
-    if (backbone.modality != "image" or "image_size" in options or saved
+    if (backbone.modality != "image" or "image_size" in options or is_model_dir(spec)  # keeps its saved size
             or backbone.feature_info.tokens is not None):  # a ViT's input size is fixed by its position embeddings
         return backbone, options, None
     choice = auto.image_size(max(backbone.preprocessor.size), typical_side(image_paths))

@@ -171,6 +171,8 @@ class Trainer:
             raise ValueError(f"unknown callback events {sorted(unknown)}; events are {EVENTS}")
         custom_metrics(self.metrics)  # the forms; the names are checked against the task's in fit
         check_seeds(self.seeds, self.keep)
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every is a number of epochs, 1 or more; got {self.checkpoint_every!r}.")
         if self.accumulate < 1 or self.batch_size < self.accumulate:
             raise ValueError(f"need 1 <= accumulate <= batch_size, got accumulate={self.accumulate}, "
                              f"batch_size={self.batch_size}")
@@ -209,8 +211,6 @@ class Trainer:
 
         self.best = None
         task = as_task(model)
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
-            raise ConfigError(f"checkpoint_every is a number of epochs, 1 or more; got {self.checkpoint_every!r}.")
         seed_everything(self.seed)
         train_examples = task.examples(train)
         val_examples = task.examples(val) if val is not None else None
