@@ -127,9 +127,9 @@ def test_checkpoint_every_writes_every_nth_epoch_and_the_last(assets, tmp_path, 
     written = []
     real = checkpoint.save
 
-    def spy(directory, task, optimizer, best_state, state):
+    def spy(directory, task, optimizer, best_state, state, extra=None):
         written.append(state["epoch"] - 1)  # a checkpoint at an epoch's end names the next epoch
-        return real(directory, task, optimizer, best_state, state)
+        return real(directory, task, optimizer, best_state, state, extra)
 
     monkeypatch.setattr(checkpoint, "save", spy)
     tk.Trainer(epochs=7, lr=0.05, batch_size=16, checkpoint_every=3, output_dir=str(tmp_path / "run"),

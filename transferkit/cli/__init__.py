@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
                                              "seeds.csv, seeds.json, seed-N/) and keeps the seed best on validation")
     p.add_argument("--keep-all", action="store_true", help="--seeds: also save every seed's model "
                                                            "(RUN_DIR/seed-N/model)")
+    p.add_argument("--soup", action="store_true", help="--seeds: save the greedy soup of the seeds' models (their "
+                                                       "weights averaged where that helps on validation) instead of "
+                                                       "the best seed")
+    p.add_argument("--ema", type=float, metavar="DECAY", help="keep a moving average of the weights with this "
+                                                              "decay (e.g. 0.999) and validate and save it")
     p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_finetune)
@@ -268,6 +273,11 @@ def _finetune(args: argparse.Namespace) -> int:
 
         raise ConfigError("--seeds takes a number of runs, 1 or more, and does not combine with --search or "
                           "--teacher yet: search (or distil) first, then rerun the chosen settings over seeds.")
+    if args.soup and (not args.seeds or args.keep_all):
+        from transferkit.errors import ConfigError
+
+        raise ConfigError("--soup averages the models of several seeds: give --seeds N (2 or more), and not "
+                          "--keep-all (which saves every seed's model instead).")
     with output_lock(output), output_lock(run_dir):  # a second run on the same --output is refused
         claim_run_dir(run_dir, resume=args.resume)
         return _train_and_save(args, output, run_dir)
@@ -330,7 +340,7 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
                          strategy=get_strategy(args.strategy, **parse_options(args.strategy_option)),
                          **({"metric": args.metric} if args.metric else {}), patience=args.patience, seed=args.seed, device=args.device,
                          num_workers=args.num_workers, group_by_length=args.group_by_length,
-                         compile=args.compile, output_dir=str(run_dir),
+                         compile=args.compile, output_dir=str(run_dir), ema=args.ema,
                          save_every=args.save_every,
                          checkpoint_every=args.checkpoint_every or max(1, picked["epochs"] // 10),
                          loggers=("csv", "report") + (("tensorboard",) if args.tensorboard else ()),
@@ -375,6 +385,8 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     if trainer.seeds_result is not None:  # the spread over seeds, beside the kept seed's own figures
         metrics["seeds"] = len(trainer.seeds_result.seeds)
         metrics["kept_seed"] = trainer.seeds_result.best_seed
+        if trainer.seeds_result.soup is not None:
+            metrics["soup_seeds"] = trainer.best["soup"]
         for name, spread in trainer.seeds_result.summary.items():
             figures = {"mean": spread.mean, "std": spread.std, "low": spread.low, "high": spread.high}
             metrics.update({f"{name}_{k}": v for k, v in figures.items() if v == v})  # one seed: no spread (nan)
@@ -389,11 +401,16 @@ def _fit_seeds(build, train, val, trainer, args: argparse.Namespace, run_dir: Pa
     (best on validation) and the history over seeds. ``--keep-all`` also saves every seed's model in the run
     directory (``seed-N/model``)."""
     trainer.seeds = [args.seed + i for i in range(args.seeds)]
-    trainer.keep = "all" if args.keep_all else "best"
+    trainer.keep = "all" if args.keep_all else "soup" if args.soup else "best"
     history = trainer.fit(build, train, val, resume=args.resume)
     result = trainer.seeds_result
     print(f"{len(result.seeds)} seeds ({', '.join(map(str, result.seeds))}); each seed's run in {run_dir}/seed-N:")
     print(result.table())
+    if result.soup is not None:
+        joined = [result.seeds[i] for i in result.soup.ingredients]
+        print(f"kept the greedy soup of seeds {', '.join(map(str, joined))}: {result.metric} {result.soup.score:.4f} "
+              f"on validation (the best seed alone: {max(result.soup.scores) if result.higher_is_better else min(result.soup.scores):.4f})")
+        return result.soup.model, history
     print(f"kept seed {result.best_seed} (best {result.metric})")
     if args.keep_all:
         for seed, one in result.models.items():

@@ -8,6 +8,7 @@ Layout of ``OUTPUT/checkpoint/`` (written to a temporary directory, then swapped
 * ``best.safetensors`` — the best validation weights so far (early stopping restores them), without
   parameters that never learned in the run; not written when the checkpoint ends the best epoch
   (``state.json``'s ``best_keys`` then names the tensors of ``model.safetensors``);
+* ``ema.safetensors`` — the moving average of the weights, with ``Trainer(ema=...)``;
 * ``rng.safetensors`` — torch CPU and CUDA generator states;
 * ``state.json`` — epoch, step, position in the epoch, history, optimiser hyper-parameters, schedule,
   loss scaler, Python and NumPy generator states.
@@ -33,8 +34,11 @@ NAME = "checkpoint"
 
 
 def save(directory: Path, task: nn.Module, optimizer: torch.optim.Optimizer, best_state: dict | None,
-         state: dict[str, Any]) -> Path:
-    """Write a checkpoint to ``directory / "checkpoint"`` atomically; returns its path."""
+         state: dict[str, Any], extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write a checkpoint to ``directory / "checkpoint"`` atomically; returns its path.
+
+    ``extra``: more tensors to keep, file name → tensors (the moving average's ``ema.safetensors``).
+    """
     from safetensors.torch import save_file, save_model
 
     directory = Path(directory)
@@ -47,6 +51,8 @@ def save(directory: Path, task: nn.Module, optimizer: torch.optim.Optimizer, bes
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         if best_state is not None:
             save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
+        for name, tensors in (extra or {}).items():
+            save_file(tensors, str(tmp / name))
         write_position(tmp, {**state, "optimizer_groups": groups})
     return directory / NAME
 
@@ -110,6 +116,16 @@ def load(path: Path, task: nn.Module, optimizer: torch.optim.Optimizer) -> tuple
                               "or trainable parameters changed since it was written.") from e
     best = path / "best.safetensors"
     return state, (_load_file(best) if best.is_file() else None)
+
+
+def load_extra(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """The tensors :func:`save` kept under ``extra[name]``; a CheckpointError when the file is missing or damaged."""
+    file = Path(path) / name
+    if not file.is_file():
+        raise CheckpointError(f"cannot resume from {path}: it has no {name} (it was written by a run with other "
+                              "settings, e.g. without ema). Resume with the settings it was written with, or "
+                              "resume=False.")
+    return _load_file(file)
 
 
 def _damaged(file: Path, e: BaseException) -> CheckpointError:

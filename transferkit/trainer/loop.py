@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from transferkit.errors import CheckpointError, ConfigError, DataError
 
-from . import checkpoint, distributed, sharding
+from . import averaging, checkpoint, distributed, sharding
 from .common import as_task, batch_len, seed_everything, to_device
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
@@ -121,7 +121,11 @@ class Trainer:
             (each seed trains a copy with a head initialised from the seed) or a callable returning a fresh
             model (called after seeding, so random backbones differ too). ``None``: one run with ``seed``.
         keep: with ``seeds``: ``"best"`` keeps the seed best on validation (its weights end up in the model
-            given to ``fit``), ``"all"`` every seed's model (``seeds_result.models``).
+            given to ``fit``), ``"all"`` every seed's model (``seeds_result.models``), ``"soup"`` the greedy soup of
+            the seeds' models on validation (:mod:`.averaging`; ``seeds_result.soup`` says which seeds joined).
+        ema: keep an exponential moving average of the learning weights with this decay (e.g. ``0.999``;
+            :mod:`.averaging`): validation, the best epoch and the weights ``fit`` leaves are the averaged ones.
+            ``None``: no average. Not with ``fsdp``.
 
     After :meth:`fit`, ``trainer.best`` is the epoch whose weights were restored, or ``None`` without
     validation data: ``{"epoch": 7, "metric": "accuracy", "value": 0.5, "val_loss": 0.675, "reason":
@@ -161,6 +165,7 @@ class Trainer:
     callbacks: dict[str, list[Callable]] = field(default_factory=dict)
     seeds: list[int] | None = None
     keep: str = "best"
+    ema: float | None = None
     # Not settings (no annotation, so not fields): set by fit(), see the class docstring.
     best = None
     seeds_result = None
@@ -171,6 +176,7 @@ class Trainer:
             raise ValueError(f"unknown callback events {sorted(unknown)}; events are {EVENTS}")
         custom_metrics(self.metrics)  # the forms; the names are checked against the task's in fit
         check_seeds(self.seeds, self.keep)
+        averaging.check_decay(self.ema)
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every is a number of epochs, 1 or more; got {self.checkpoint_every!r}.")
         if self.accumulate < 1 or self.batch_size < self.accumulate:
@@ -226,6 +232,10 @@ class Trainer:
         precision = Precision(self.precision, device)
         given = task  # under FSDP a sharded copy trains; its full weights come back into `given` at the end
         sharded = self._shards(world)
+        if sharded and self.ema is not None:
+            raise ConfigError("ema does not work with fsdp yet (the average would have to be sharded too): train "
+                              "with ema=None, or without fsdp.")
+        ema = averaging.Ema(self.ema) if self.ema is not None else None
         if sharded:
             task = sharding.shard(task, device)
         task.to(device)
@@ -254,6 +264,8 @@ class Trainer:
                 weights = task.state_dict()
                 run.best_state = {k: weights[k].detach().clone() for k in state["best_keys"]}
             scheduler.load_state_dict(state["scheduler"])
+            if ema is not None:
+                ema.load_state_dict(checkpoint.load_extra(saved, averaging.FILE), task)
             precision.load_state_dict(state["scaler"])
             run.load(state)
             run.restore_metrics(task)  # the best epoch's metrics, for the task's report
@@ -278,10 +290,12 @@ class Trainer:
                 loss, items = self._step(forward, batches, optimizer, precision, task, world, device, channels_last)
                 scheduler.step()
                 run.step, run.epoch_step = run.step + 1, run.epoch_step + 1
+                if ema is not None:
+                    ema.update(task, run.step)
                 run.loss_sum, run.items = run.loss_sum + loss * items, run.items + items
                 if output is not None and (world.main or sharded) and self.save_every and \
                         run.step % self.save_every == 0:
-                    self._save(output, task, optimizer, scheduler, precision, run, False, world)
+                    self._save(output, task, optimizer, scheduler, precision, run, False, world, ema)
                 self._emit(callbacks, "on_step_end", {"epoch": epoch, "step": run.step, "loss": loss, "lr": lr})
                 stop = run.step >= (self.max_steps or math.inf)
                 if stop:
@@ -291,18 +305,21 @@ class Trainer:
                       max(1.0, distributed.all_sum(run.items, world, device)),
                       "lr": self._lr(optimizer), "seconds": run.seconds()}
             if val_examples is not None:
-                values, metrics = self._evaluate(task, val_examples, device, precision, channels_last, custom)
+                with ema.applied(task) if ema is not None else contextlib.nullcontext():  # the averaged weights
+                    values, metrics = self._evaluate(task, val_examples, device, precision, channels_last, custom)
+                    run.judge(values, metric, higher, task, metrics)
                 record.update({f"val_{k}": v for k, v in values.items()})
-                run.judge(values, metric, higher, task, metrics)
             run.history.append(record)
             self._emit(callbacks, "on_epoch_end", {"epoch": epoch, "step": run.step, "metrics": record,
                                                    "seconds": record["seconds"]})
             ending = epoch == self.epochs or stop or (self.patience is not None and run.stale > self.patience)
             if output is not None and (world.main or sharded) and (ending or epoch % self.checkpoint_every == 0):
-                self._save(output, task, optimizer, scheduler, precision, run, True, world)  # sharded: by all
+                self._save(output, task, optimizer, scheduler, precision, run, True, world, ema)  # sharded: by all
             if self.patience is not None and run.stale > self.patience:
                 break
         strategy.finish(task)  # gives back the trainable parts the backbone had before fit
+        if ema is not None and run.best_state is None:  # without validation the average is what fit leaves
+            ema.copy_to(task)
         if run.best_epoch is not None:
             from .report import describe_best
 
@@ -479,16 +496,18 @@ class Trainer:
         return self.fsdp and world.size > 1
 
     def _save(self, output: Path, task, optimizer, scheduler, precision, run: "Run", next_epoch: bool,
-              world: distributed.World) -> None:
+              world: distributed.World, ema: averaging.Ema | None = None) -> None:
         position = run.state(next_epoch)
-        # At the end of the best epoch its weights are the model's: name them instead of a second copy.
-        same = next_epoch and run.best_state is not None and run.best_epoch == run.epoch
+        # At the end of the best epoch its weights are the model's (unless they were averaged): name them instead
+        # of a second copy.
+        same = next_epoch and run.best_state is not None and run.best_epoch == run.epoch and ema is None
         position["best_keys"] = sorted(run.best_state) if same else None
         state = {**position, "scheduler": scheduler.state_dict(), "scaler": precision.state_dict()}
         if self._shards(world):
             sharding.save_checkpoint(output, task, optimizer, None if same else run.best_state, state, world)
         else:
-            checkpoint.save(output, task, optimizer, None if same else run.best_state, state)
+            checkpoint.save(output, task, optimizer, None if same else run.best_state, state,
+                            extra={averaging.FILE: ema.state_dict()} if ema is not None else None)
 
     def _callbacks(self, output: Path | None, world: distributed.World) -> dict[str, list[Callable]]:
         merged = {event: list(self.callbacks.get(event, [])) for event in EVENTS}

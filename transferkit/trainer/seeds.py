@@ -37,7 +37,7 @@ from transferkit.errors import ConfigError
 
 from .common import as_task, seed_everything
 
-KEEP = ("best", "all")
+KEEP = ("best", "all", "soup")
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,8 @@ class SeedsResult:
         metric: the selection metric (``val_<metric>``) that picks the best seed, and ``higher_is_better``.
         best_seed: the seed whose model is kept (``keep="best"``) or ranked first.
         models: seed → trained model (``keep="all"``; with ``keep="best"`` only the best seed's).
+        soup: with ``keep="soup"``, the :class:`~.averaging.Soup` of the seeds' models (``soup.ingredients`` index
+            ``seeds``); its ``model`` is the model the run leaves.
     """
 
     seeds: list[int]
@@ -92,6 +94,7 @@ class SeedsResult:
     higher_is_better: bool
     best_seed: int
     models: dict[int, nn.Module] = field(default_factory=dict, repr=False)
+    soup: Any = field(default=None, repr=False)
 
     @property
     def best_model(self) -> nn.Module:
@@ -166,12 +169,21 @@ def fit_seeds(trainer, model: nn.Module | Callable[[], nn.Module], train: Any, v
                          best_seed=_best_seed(runs, metric, higher), models=models)
     if trainer.keep == "best":
         result.models = {result.best_seed: models[result.best_seed]}
+    kept = result.best_model
+    if trainer.keep == "soup":
+        result.soup = _soup(trainer, result, val)
+        result.models, kept = {}, result.soup.model
     if isinstance(model, nn.Module):
         with torch.no_grad():
-            model.load_state_dict(result.best_model.state_dict())
-        result.models[result.best_seed] = model
+            model.load_state_dict(kept.state_dict())
+        if result.soup is not None:
+            result.soup.model = model
+        else:
+            result.models[result.best_seed] = model
     trainer.seeds_result = result
     trainer.best = {**(next(r for r in runs if r["seed"] == result.best_seed)["best"] or {}), "seed": result.best_seed}
+    if result.soup is not None:
+        trainer.best.update({"soup": [seeds[i] for i in result.soup.ingredients], "soup_value": result.soup.score})
     history = over_seeds([r["history"] for r in runs])
     if root is not None and main:
         _write_curves(root, history)
@@ -180,6 +192,26 @@ def fit_seeds(trainer, model: nn.Module | Callable[[], nn.Module], train: Any, v
 
             write_report(history, root)
     return history
+
+
+def _soup(trainer, result: SeedsResult, val: Any):
+    """The greedy soup of the seeds' models on ``val`` (the seeds' kept validation values rank them)."""
+    from .averaging import greedy_soup
+
+    if val is None:
+        raise ConfigError("keep='soup' chooses which seeds' weights to average on validation data, and there is "
+                          "none: pass val, or keep='best'.")
+    name = result.metric.removeprefix("val_")
+    single = dataclasses.replace(trainer, seeds=None)
+    ranked = sorted(result.runs, key=_rank(result.metric, result.higher_is_better))  # ties: the lower loss first
+    soup = greedy_soup([result.models[r["seed"]] for r in ranked], lambda m: single.evaluate(m, val)[name],
+                       higher_is_better=result.higher_is_better, scores=[r["metrics"][result.metric] for r in ranked])
+    position = {r["seed"]: result.seeds.index(r["seed"]) for r in result.runs}  # back to indices into seeds
+    at = [position[r["seed"]] for r in ranked]
+    soup.ingredients = [at[i] for i in soup.ingredients]
+    soup.scores = [soup.scores[ranked.index(r)] for r in result.runs]
+    soup.tried = [(at[i], value, joined) for i, value, joined in soup.tried]
+    return soup
 
 
 def _fresh_copy(model: nn.Module, seed: int) -> nn.Module:
@@ -231,11 +263,16 @@ def _selection(runs: list[dict]) -> tuple[str, bool]:
 
 def _best_seed(runs: list[dict], metric: str, higher: bool) -> int:
     """The seed with the best kept value of ``metric``; ties go to the lower validation loss, then the earlier."""
+    return min(runs, key=_rank(metric, higher))["seed"]
+
+
+def _rank(metric: str, higher: bool) -> Callable[[dict], tuple]:
+    """A run's sort key, best first: its kept ``metric``, then its validation loss (the earlier run wins ties)."""
     def key(run):
         value = run["metrics"].get(metric, math.nan)
         loss = run["metrics"].get("val_loss", math.inf)
         return (-value if higher else value, loss)
-    return min(runs, key=key)["seed"]
+    return key
 
 
 def _drop_all_but_best(models: dict, runs: list[dict]) -> None:
