@@ -177,3 +177,12 @@ def test_finetune_soup_and_ema_save_the_averaged_model(assets, tmp_path, capsys)
     assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
                  "--output", str(tmp_path / "x"), "--soup", "--no-progress"]) == 1
     assert "--soup averages the models of several seeds" in capsys.readouterr().err
+
+
+def test_soup_ingredients_start_from_the_model_given(assets):
+    model = _model(assets)
+    start = {k: v.clone() for k, v in model.head.state_dict().items()}
+    trainer = _trainer(seeds=[0, 1], keep="soup", epochs=1, lr=0.0)  # nothing learns: each ingredient is the start
+    trainer.fit(model, TRAIN, VAL)
+    for one in trainer.seeds_result.models.values():
+        assert all(torch.equal(v, start[k]) for k, v in one.head.state_dict().items())

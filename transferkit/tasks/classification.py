@@ -21,7 +21,7 @@ from torch import nn
 
 from transferkit.backbones.images import check_image_files
 from transferkit.data import check_inputs, class_names, label_ids, load_labelled, preprocess_named
-from transferkit.errors import DataError, LabelError
+from transferkit.errors import ConfigError, DataError, LabelError
 from transferkit.files import atomic_path
 
 
@@ -57,6 +57,9 @@ class ClassificationTask(nn.Module):
         input_column: column of the inputs (texts, image paths or images) when the data is a table (CSV,
             JSONL, DataFrame, dict of columns, datasets.Dataset).
         label_column: column of the labels in a table.
+        augment: training augmentation of an image model (:class:`~transferkit.tasks.augment.ImageAugment`: a
+            per-image policy, random erasing, mixup / cutmix with soft targets); ``None``: none. Evaluation
+            batches are never augmented.
 
     Attributes:
         default_metric: ``"accuracy"``, what selects the best epoch unless ``Trainer(metric=...)`` says
@@ -66,8 +69,13 @@ class ClassificationTask(nn.Module):
     default_metric = "accuracy"
 
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None,
-                 input_column: str = "text", label_column: str = "label"):
+                 input_column: str = "text", label_column: str = "label", augment: Any = None):
         super().__init__()
+        from .augment import ImageAugment
+
+        if augment is not None and not isinstance(augment, ImageAugment):
+            raise ConfigError(f"augment takes an ImageAugment (transferkit.tasks.augment), got {augment!r}.")
+        self.augment = augment
         self.model = model
         self.label_smoothing = label_smoothing
         self.class_weights = class_weights
@@ -85,6 +93,9 @@ class ClassificationTask(nn.Module):
         """
         data = load_labelled(data, input_column=self.input_column, label_column=self.label_column)
         modality = getattr(getattr(self.model, "backbone", None), "modality", None)
+        if self.augment is not None and modality != "image":
+            raise ConfigError(f"ImageAugment augments images, and this model's backbone reads {modality or 'no'} "
+                              "inputs: drop augment=.")
         check_inputs(data.inputs, modality, data.origins)
         if modality == "image":
             files = [(x, o) for x, o in zip(data.inputs, data.origins) if isinstance(x, (str, os.PathLike))]
@@ -110,12 +121,26 @@ class ClassificationTask(nn.Module):
 
     def collate(self, examples: Sequence[tuple[Any, int]]) -> dict[str, Any]:
         origins = [getattr(e, "origin", f"example {i}") for i, e in enumerate(examples)]
-        inputs = preprocess_named(self.model.preprocess, [x for x, _ in examples], origins)
-        return {"inputs": inputs, "labels": torch.tensor([y for _, y in examples], dtype=torch.long)}
+        raw = [x for x, _ in examples]
+        labels = torch.tensor([y for _, y in examples], dtype=torch.long)
+        if self.augment is None or not self.training:
+            return {"inputs": preprocess_named(self.model.preprocess, raw, origins), "labels": labels}
+        images = preprocess_named(self.augment.images, raw, origins)
+        inputs = preprocess_named(self.model.preprocess, images, origins)
+        inputs["pixel_values"] = self.augment.erase(inputs["pixel_values"])
+        batch = {"inputs": inputs, "labels": labels}
+        if self.augment.mixes:
+            inputs["pixel_values"], batch["targets"] = self.augment.mix(inputs["pixel_values"], labels,
+                                                                        self.model.head.num_classes)
+        return batch
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = self.model(**batch["inputs"])["logits"]
         weights = self.class_weights if self.training else None
+        if "targets" in batch:  # mixup / cutmix: soft targets
+            from .augment import soft_cross_entropy
+
+            return {**soft_cross_entropy(logits, batch["targets"], weights, self.label_smoothing), "logits": logits}
         return {**cross_entropy(logits, batch["labels"], weights, self.label_smoothing), "logits": logits}
 
     def metrics(self) -> "ClassificationMetrics":

@@ -82,9 +82,11 @@ class SeedsResult:
         summary: metric name (``val_accuracy``...) → :class:`Spread` over the seeds' kept epochs.
         metric: the selection metric (``val_<metric>``) that picks the best seed, and ``higher_is_better``.
         best_seed: the seed whose model is kept (``keep="best"``) or ranked first.
-        models: seed → trained model (``keep="all"``; with ``keep="best"`` only the best seed's).
+        models: seed → trained model (``keep="all"`` and ``"soup"``; with ``keep="best"`` only the best seed's).
         soup: with ``keep="soup"``, the :class:`~.averaging.Soup` of the seeds' models (``soup.ingredients`` index
-            ``seeds``); its ``model`` is the model the run leaves.
+            ``seeds``); its ``model`` is the model the run leaves. Given a model (not a builder), every seed starts
+            from its weights, head included, as the soup paper's runs do (averaging runs from different starting
+            points fails); the seed changes the data order and dropout.
     """
 
     seeds: list[int]
@@ -143,7 +145,10 @@ def fit_seeds(trainer, model: nn.Module | Callable[[], nn.Module], train: Any, v
     runs, models = [], {}
     for seed in seeds:
         seed_everything(seed)
-        one = model() if callable(model) and not isinstance(model, nn.Module) else _fresh_copy(model, seed)
+        if callable(model) and not isinstance(model, nn.Module):
+            one = model()
+        else:  # soup ingredients start from the same weights, the paper's setting; the seed changes the data order
+            one = copy.deepcopy(model) if trainer.keep == "soup" else _fresh_copy(model, seed)
         single = dataclasses.replace(trainer, seeds=None, seed=seed,
                                      output_dir=None if root is None else str(root / f"seed-{seed}"))
         if seed in done:  # a resumed run: this seed finished before; its kept weights are on disk
@@ -172,7 +177,7 @@ def fit_seeds(trainer, model: nn.Module | Callable[[], nn.Module], train: Any, v
     kept = result.best_model
     if trainer.keep == "soup":
         result.soup = _soup(trainer, result, val)
-        result.models, kept = {}, result.soup.model
+        kept = result.soup.model
     if isinstance(model, nn.Module):
         with torch.no_grad():
             model.load_state_dict(kept.state_dict())

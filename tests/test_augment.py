@@ -1,0 +1,133 @@
+"""Image classification augmentation: per-image policies, random erasing, mixup / cutmix and the soft-target loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import transferkit as tk
+from transferkit.errors import ConfigError
+from transferkit.tasks import ClassificationTask
+from transferkit.tasks.augment import ImageAugment, soft_cross_entropy
+from transferkit.tasks.classification import cross_entropy
+
+
+def _images(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(n)]
+    return list(zip(images, [i % 3 for i in range(n)]))
+
+
+def _model():
+    torch.manual_seed(0)
+    backbone = tk.load_backbone("timm:test_efficientnet", weights=None, image_size=32)
+    return tk.TransferModel(backbone, tk.heads.Classification(3))
+
+
+def test_one_hot_soft_targets_are_the_class_id_cross_entropy_and_the_gradient_is_softmax_minus_target():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 1, 1])
+    one_hot = torch.nn.functional.one_hot(labels, 4).float()
+    weights = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    for w in (None, weights):
+        for smoothing in (0.0, 0.1):
+            soft, hard = soft_cross_entropy(logits, one_hot, w, smoothing), cross_entropy(logits, labels, w, smoothing)
+            assert torch.allclose(soft["loss"], hard["loss"]) and float(soft["num_items"]) == float(hard["num_items"])
+    targets = torch.softmax(torch.randn(6, 4), -1)
+    loss = soft_cross_entropy(logits, targets)["loss"]
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert torch.allclose(grad, (logits.softmax(-1) - targets).detach() / 6, atol=1e-6)
+
+
+def test_mixup_mixes_images_and_targets_alike_and_targets_sum_to_one():
+    torch.manual_seed(0)
+    pixels = torch.randn(8, 3, 16, 16)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    mixed, targets = ImageAugment(policy=None, mixup=0.4).mix(pixels, labels, 3)
+    assert targets.shape == (8, 3) and torch.allclose(targets.sum(1), torch.ones(8))
+    lam = float(targets[0, labels[0]])  # labels[0] differs from the rolled one (labels[-1])
+    assert torch.allclose(mixed, lam * pixels + (1 - lam) * pixels.roll(1, 0), atol=1e-6)
+    assert torch.allclose(targets, lam * torch.eye(3)[labels] + (1 - lam) * torch.eye(3)[labels.roll(1, 0)])
+
+
+def test_cutmix_pastes_a_box_whose_area_is_the_targets_share():
+    torch.manual_seed(3)
+    pixels = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 20, 20).clone()  # image i is all i
+    labels = torch.tensor([0, 1, 2, 0])
+    mixed, targets = ImageAugment(policy=None, cutmix=1.0).mix(pixels, labels, 3)
+    pasted = float((mixed[1] == 0).float().mean())  # image 1 got a box of image 0
+    assert torch.allclose(targets.sum(1), torch.ones(4))
+    assert float(targets[1, 1]) == pytest.approx(1 - pasted, abs=1e-6)
+
+
+def test_training_batches_are_augmented_and_evaluation_batches_are_not():
+    model = _model()
+    augment = ImageAugment(policy="trivial", erasing=1.0, mixup=0.2, cutmix=1.0)
+    task = ClassificationTask(model, augment=augment)
+    examples = task.examples(_images())
+    plain = ClassificationTask(model).collate(examples[:4])
+    task.eval()
+    assert torch.equal(task.collate(examples[:4])["inputs"]["pixel_values"], plain["inputs"]["pixel_values"])
+    assert "targets" not in task.collate(examples[:4])
+    task.train()
+    torch.manual_seed(0)
+    batch = task.collate(examples[:4])
+    assert batch["targets"].shape == (4, 3) and torch.allclose(batch["targets"].sum(1), torch.ones(4))
+    assert not torch.equal(batch["inputs"]["pixel_values"], plain["inputs"]["pixel_values"])
+    torch.manual_seed(0)
+    assert torch.equal(task.collate(examples[:4])["inputs"]["pixel_values"], batch["inputs"]["pixel_values"])
+    out = task(batch)
+    assert torch.isfinite(out["loss"]) and out["logits"].shape == (4, 3)
+
+
+@pytest.mark.parametrize("policy", ["trivial", "randaugment", "autoaugment"])
+def test_each_policy_changes_images_and_keeps_their_shape_and_range(policy):
+    torch.manual_seed(1)
+    images = [torch.rand(3, 20, 24) for _ in range(8)]
+    out = ImageAugment(policy=policy).images(images)
+    assert all(o.shape == x.shape and o.min() >= 0 and o.max() <= 1 for o, x in zip(out, images))
+    assert any(not torch.allclose(o, x, atol=1 / 255) for o, x in zip(out, images))
+
+
+def test_an_augmented_run_trains_and_resumes_in_workers(tmp_path):
+    model = _model()
+    task = model.task(augment=ImageAugment(policy="randaugment", mixup=0.2, cutmix=1.0, erasing=0.25))
+    history = tk.Trainer(epochs=2, lr=1e-2, batch_size=4, progress=False, num_workers=1, loggers=()).fit(
+        task, _images(), _images(6, seed=1))
+    assert len(history) == 2 and all(np.isfinite(r["train_loss"]) for r in history)
+
+
+def test_bad_settings_and_a_text_model_are_refused(assets):
+    with pytest.raises(ConfigError, match="policy must be one of"):
+        ImageAugment(policy="auto")
+    with pytest.raises(ConfigError, match="alpha of a Beta"):
+        ImageAugment(mixup=-1)
+    with pytest.raises(ConfigError, match="takes an ImageAugment"):
+        ClassificationTask(_model(), augment="trivial")
+    text = tk.TransferModel(tk.load_backbone(f"glove:{assets['glove']}"), tk.heads.Classification(2))
+    with pytest.raises(ConfigError, match="ImageAugment augments images"):
+        ClassificationTask(text, augment=ImageAugment()).examples([("a cat", "x"), ("a dog", "y")])
+
+
+def test_finetune_augments_image_classification_and_records_it(tmp_path, capsys):
+    import json
+
+    from transferkit.cli import main
+    from test_small_data_defaults import digit_folder
+
+    data = digit_folder(tmp_path / "labelled", per_class=4)
+    out = tmp_path / "m"
+    assert main(["finetune", "--backbone", "timm:test_resnet", "--option", "weights=none", "--data", str(data),
+                 "--output", str(out), "--epochs", "2", "--augment", "trivial", "--mixup", "0.2", "--cutmix", "1",
+                 "--erasing", "0.25", "--no-progress"]) == 0
+    settings = json.loads((out / "config.json").read_text())["training"]["settings"]
+    assert settings["augment"] == {"policy": "trivial", "num_ops": 2, "magnitude": 9, "erasing": 0.25, "mixup": 0.2,
+                                   "cutmix": 1.0}
+    assert tk.TransferModel.from_pretrained(out).predict([str(next(data.rglob("*.png")))])
+    with open(tmp_path / "t.csv", "w") as f:
+        f.write("text,label\na cat,x\na dog,y\n")
+    assert main(["finetune", "--backbone", "timm:test_resnet", "--task", "regression", "--data", str(tmp_path / "t.csv"),
+                 "--output", str(tmp_path / "r"), "--mixup", "0.2", "--no-progress"]) == 1
+    assert "augment image classification" in capsys.readouterr().err
