@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "strategy=full,lp_ft; the best model is saved")
     p.add_argument("--trials", type=int, help="random search: this many points of the --search grid (default all)")
     p.add_argument("--hidden", type=int, help="hidden layer width of the head (default: linear head)")
+    p.add_argument("--prototypes", type=int, metavar="K", help="classification: classify by cosine distance to K "
+                                                               "learned prototypes per class, placed at the class "
+                                                               "means first (default: a linear layer)")
     p.add_argument("--metric", help="validation metric that selects the best epoch (default: the task's; "
                                     "classification: accuracy, macro_f1, loss; multilabel: micro_f1, macro_f1, "
                                     "map, loss; regression: rmse, mae, r2, spearman, loss)")

@@ -118,6 +118,6 @@ def task_parts(args: argparse.Namespace):
 
     def head(data):
         names, _ = class_names(data.labels)  # integer labels are class names too: 5 and 7 make two classes
-        return lambda: tk.heads.Classification(labels=names, hidden=args.hidden)
+        return lambda: tk.heads.Classification(labels=names, hidden=args.hidden, prototypes=getattr(args, "prototypes", None))
 
     return read_classes, stratified_split, head, lambda data: f"{len(class_names(data.labels)[0])} classes"

@@ -31,12 +31,20 @@ class Classification(nn.Module):
         in_features: feature size; normally left out and taken from the backbone.
         input_column: the table column the head was trained on (recorded by training, so that
             ``predict(DataFrame)`` reads the same column).
+        prototypes: classify by distance to this many learned prototypes per class instead of a linear layer
+            (:mod:`.prototypes`: prototypical networks and prototypical fine-tuning); before training they are
+            placed at the class means (k-means centres) of the training features, so the head starts as a
+            nearest-centroid classifier. ``None``: a linear layer.
+        distance: with ``prototypes``: ``"cosine"`` (default) or ``"euclidean"``.
+        diversity: with ``prototypes``: the weight of the penalty that keeps prototypes of different classes apart.
     """
 
     def __init__(self, num_classes: int | None = None, *, labels: Sequence | None = None,
                  label_type: str | None = None, hidden: int | None = None, dropout: float = 0.0,
-                 in_features: int | None = None, input_column: str | None = None):
+                 in_features: int | None = None, input_column: str | None = None, prototypes: int | None = None,
+                 distance: str = "cosine", diversity: float = 0.0):
         super().__init__()
+        self.prototypes, self.distance, self.diversity = prototypes, distance, float(diversity)
         if labels is not None and num_classes is not None and num_classes != len(labels):
             raise ConfigError(f"num_classes={num_classes} but {len(labels)} labels given")
         self.num_classes = None if num_classes is None and labels is None else int(
@@ -71,7 +79,7 @@ class Classification(nn.Module):
             self.num_classes = len(names)
             self._check_count()
             if self.in_features is not None and getattr(self, "layers", None) is None:
-                self.layers = mlp(self, self.in_features, self.num_classes)
+                self.layers = self._layers(self.in_features)
         if len(names) != self.num_classes:
             raise ConfigError(f"num_classes={self.num_classes} but {len(names)} labels given")
         self.label_type, self._labels = kind, names
@@ -84,7 +92,23 @@ class Classification(nn.Module):
                 raise ConfigError(f"head was built for {self.in_features} features, backbone gives {in_features}")
             self.in_features = int(in_features)
             return
-        self.layers = mlp(self, in_features, self.num_classes) or self.layers
+        self.layers = self._layers(in_features) or self.layers
+
+    def _layers(self, in_features: int) -> nn.Module | None:
+        """Dropout (+ hidden layer) + a linear or prototype layer; ``None`` when already built (see ``mlp``)."""
+        layers = mlp(self, in_features, self.num_classes)
+        if layers is None or self.prototypes is None:
+            return layers
+        from transferkit.heads.prototypes import PrototypeLayer
+
+        last = layers[-1]  # the linear layer gives way to the prototypes, over the same inputs
+        layers[-1] = PrototypeLayer(last.in_features, self.num_classes, self.prototypes, self.distance)
+        return layers
+
+    @property
+    def prototype_layer(self):
+        """The :class:`~transferkit.heads.prototypes.PrototypeLayer` of a head with ``prototypes``, else ``None``."""
+        return self.layers[-1] if self.prototypes is not None and self.layers is not None else None
 
     needs = frozenset({"pooled"})
 
@@ -115,4 +139,6 @@ class Classification(nn.Module):
     def config(self) -> dict:
         return {"type": self.head_type, "num_classes": self.num_classes, "labels": self.labels,
                 "label_type": self.label_type, "hidden": self.hidden, "dropout": self.dropout,
-                "in_features": self.in_features, "input_column": self.input_column}
+                "in_features": self.in_features, "input_column": self.input_column,
+                **({"prototypes": self.prototypes, "distance": self.distance, "diversity": self.diversity}
+                   if self.prototypes is not None else {})}

@@ -140,8 +140,35 @@ class ClassificationTask(nn.Module):
         if "targets" in batch:  # mixup / cutmix: soft targets
             from .augment import soft_cross_entropy
 
-            return {**soft_cross_entropy(logits, batch["targets"], weights, self.label_smoothing), "logits": logits}
-        return {**cross_entropy(logits, batch["labels"], weights, self.label_smoothing), "logits": logits}
+            out = soft_cross_entropy(logits, batch["targets"], weights, self.label_smoothing)
+        else:
+            out = cross_entropy(logits, batch["labels"], weights, self.label_smoothing)
+        layer = getattr(self.model.head, "prototype_layer", None)
+        if layer is not None and self.training and self.model.head.diversity:
+            out["loss"] = out["loss"] + self.model.head.diversity * layer.penalty()
+        return {**out, "logits": logits}
+
+    @torch.no_grad()
+    def prepare(self, examples: Sequence[tuple[Any, int]], batch_size: int = 64) -> None:
+        """Place a prototype head's prototypes on the training features (:mod:`transferkit.heads.prototypes`) unless
+        they were placed before (a loaded or resumed model keeps its own); nothing for other heads. The Trainer calls
+        it once before training; called alone on a frozen backbone it makes a nearest-centroid classifier."""
+        layer = getattr(self.model.head, "prototype_layer", None)
+        if layer is None or bool(layer.initialised):
+            return
+        was_training = self.training
+        self.eval()
+        device = next(self.model.parameters()).device
+        features, labels = [], []
+        for start in range(0, len(examples), batch_size):
+            batch = self.collate(examples[start:start + batch_size])
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch["inputs"].items()}
+            pooled = self.model(**inputs)["features"]
+            # The prototypes sit after the head's dropout and hidden layer: place them where they will be compared.
+            features.append(self.model.head.layers[:-1](pooled).float().cpu())
+            labels.append(batch["labels"])
+        layer.initialise(torch.cat(features), torch.cat(labels))
+        self.train(was_training)
 
     def metrics(self) -> "ClassificationMetrics":
         head = self.model.head

@@ -15,7 +15,9 @@ better, and the task names the metric that selects the best epoch when the user 
 Optional hooks, found by ``hasattr`` and documented below: class weights for the class-balanced
 strategies (:class:`ClassWeighted`); the cost of each example for ``Trainer(group_by_length=True)``
 (:class:`LengthAware`, else :func:`example_lengths` counts the tokens of its batch); on the metrics object, what a custom metric receives, a JSON state
-that survives a resume and the task's own report files (:class:`ReportingMetrics`).
+that survives a resume and the task's own report files (:class:`ReportingMetrics`); and ``prepare(examples)``, which
+the Trainer calls once with the training examples before the first step (classification places a prototype head's
+prototypes on the training features there).
 """
 
 from __future__ import annotations

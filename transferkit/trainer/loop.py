@@ -222,6 +222,8 @@ class Trainer:
         val_examples = task.examples(val) if val is not None else None
         if hasattr(train_examples, "__len__") and len(train_examples) == 0:
             raise DataError("the training data is empty.")
+        if hasattr(task, "prepare"):  # the task's own set-up on the training data (a prototype head's prototypes)
+            task.prepare(train_examples)
         lengths = self._lengths(task, train_examples)
         custom = custom_metrics(self.metrics)
         # The selection metric and its direction, from the task (checked even without validation data
