@@ -95,7 +95,7 @@ def main() -> None:
                 script.write_text(SETFIT)
                 env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
                 done = subprocess.run([args.setfit_python, str(script), str(spec)], capture_output=True, text=True,
-                                      env=env)
+                                      env=env, cwd=tmp)  # SetFit's Trainer writes ./checkpoints: not in the repo
                 if done.returncode:
                     sys.exit(f"setfit failed:\n{done.stderr[-3000:]}")
                 figures = json.loads(done.stdout.strip().splitlines()[-1])
