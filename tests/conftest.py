@@ -21,6 +21,17 @@ SENTENCES = [
 
 WORDS = sorted({w for s in SENTENCES for w in s.split()})
 
+# SENTENCES come in runs of three per topic: the labelled pairs several test files train on.
+TOPIC_PAIRS = [(s, (["animals"] * 3 + ["markets"] * 3 + ["sport"] * 3)[i % 9]) for i, s in enumerate(SENTENCES)]
+
+
+def write_labelled_csv(path, rows) -> None:
+    """A ``text,label`` CSV of ``(text, label)`` rows, as a user hands finetune."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory) -> dict[str, str]:

@@ -10,10 +10,9 @@ import transferkit as tk
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.trainer.averaging import Ema, average, greedy_soup
 
-from conftest import SENTENCES
+from conftest import TOPIC_PAIRS, write_labelled_csv
 
-TOPIC = ["animals"] * 3 + ["markets"] * 3 + ["sport"] * 3
-PAIRS = [(s, TOPIC[i % 9]) for i, s in enumerate(SENTENCES)]
+PAIRS = TOPIC_PAIRS
 TRAIN, VAL = PAIRS[:45], PAIRS[45:63]
 
 
@@ -157,13 +156,11 @@ def test_keep_soup_averages_the_seeds_that_help_on_validation(assets):
 
 
 def test_finetune_soup_and_ema_save_the_averaged_model(assets, tmp_path, capsys):
-    import csv
     import json
 
     from transferkit.cli import main
 
-    with open(tmp_path / "train.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("text", "label"), *PAIRS[:54]])
+    write_labelled_csv(tmp_path / "train.csv", PAIRS[:54])
     out = tmp_path / "m"
     assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
                  "--output", str(out), "--epochs", "2", "--seeds", "3", "--soup", "--ema", "0.9",

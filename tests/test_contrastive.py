@@ -10,12 +10,11 @@ import torch
 
 import transferkit as tk
 from transferkit.errors import ConfigError, DataError
-from transferkit.tasks.contrastive import ContrastiveTask, Pairs, embed, fit_head
+from transferkit.tasks.contrastive import ContrastiveTask, Pairs, fit_head
 
-from conftest import SENTENCES
+from conftest import TOPIC_PAIRS
 
-TOPIC = ["animals"] * 3 + ["markets"] * 3 + ["sport"] * 3
-PAIRS = [(s, TOPIC[i % 9]) for i, s in enumerate(SENTENCES)]
+PAIRS = TOPIC_PAIRS
 
 
 def test_pairs_are_half_positive_half_negative_repeatable_and_new_each_epoch():
@@ -72,7 +71,7 @@ def test_contrastive_tuning_then_the_sklearn_head(assets, tmp_path):
     assert history[-1]["train_loss"] < history[0]["train_loss"] and "val_pair_accuracy" in history[-1]
     estimator = fit_head(model, PAIRS[:45], LogisticRegression(max_iter=1000, C=5.0))
     inputs = [x for x, _ in PAIRS[45:]]
-    features = embed(model, inputs)
+    features = model.backbone.encode(inputs, 64).numpy()
     ids = estimator.predict(features)
     assert model.predict(inputs) == [model.head.labels[i] for i in ids]
     assert np.allclose(model.predict_proba(inputs), estimator.predict_proba(features), atol=1e-5)
@@ -89,7 +88,7 @@ def test_a_binary_head_gets_the_same_probabilities(assets):
     ContrastiveTask(model).examples(two)  # reads the labels
     estimator = fit_head(model, two, LogisticRegression())
     inputs = [x for x, _ in two]
-    assert np.allclose(model.predict_proba(inputs), estimator.predict_proba(embed(model, inputs)), atol=1e-5)
+    assert np.allclose(model.predict_proba(inputs), estimator.predict_proba(model.backbone.encode(inputs, 64).numpy()), atol=1e-5)
 
 
 def test_bad_pairs_and_heads_are_refused(assets):

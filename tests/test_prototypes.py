@@ -11,10 +11,9 @@ from transferkit.errors import ConfigError
 from transferkit.heads.prototypes import PrototypeLayer
 from transferkit.tasks import ClassificationTask
 
-from conftest import SENTENCES
+from conftest import TOPIC_PAIRS, write_labelled_csv
 
-TOPIC = ["animals"] * 3 + ["markets"] * 3 + ["sport"] * 3
-PAIRS = [(s, TOPIC[i % 9]) for i, s in enumerate(SENTENCES)]
+PAIRS = TOPIC_PAIRS
 
 
 def test_logits_are_the_log_sum_exp_of_scaled_negative_distances_per_class():
@@ -102,13 +101,11 @@ def test_bad_prototype_settings_are_refused():
 
 
 def test_finetune_prototypes_saves_a_prototype_head(assets, tmp_path):
-    import csv
     import json
 
     from transferkit.cli import main
 
-    with open(tmp_path / "train.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("text", "label"), *PAIRS[:54]])
+    write_labelled_csv(tmp_path / "train.csv", PAIRS[:54])
     assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
                  "--output", str(tmp_path / "m"), "--epochs", "2", "--prototypes", "2", "--no-progress"]) == 0
     head = json.loads((tmp_path / "m" / "config.json").read_text())["head"]

@@ -16,10 +16,9 @@ from transferkit.errors import ConfigError
 from transferkit.trainer import Spread, compare
 from transferkit.trainer.seeds import _fresh_copy
 
-from conftest import SENTENCES
+from conftest import TOPIC_PAIRS, write_labelled_csv
 
-TOPIC = ["animals"] * 3 + ["markets"] * 3 + ["sport"] * 3
-PAIRS = [(s, TOPIC[i % 9]) for i, s in enumerate(SENTENCES)]
+PAIRS = TOPIC_PAIRS
 TRAIN, VAL = PAIRS[:45], PAIRS[45:63]
 
 
@@ -136,8 +135,7 @@ def test_bad_seeds_are_refused(seeds):
 def test_finetune_seeds_prints_and_saves_the_spread(assets, tmp_path, capsys):
     from transferkit.cli import main
 
-    with open(tmp_path / "train.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("text", "label"), *PAIRS[:54]])
+    write_labelled_csv(tmp_path / "train.csv", PAIRS[:54])
     out = tmp_path / "m"
     assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
                  "--output", str(out), "--epochs", "2", "--seeds", "3", "--seed", "5", "--keep-all",

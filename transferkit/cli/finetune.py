@@ -17,7 +17,7 @@ def finetune(args: argparse.Namespace) -> int:
     output = check_output(args.output, overwrite=args.overwrite)
     run_dir = Path(args.run_dir).absolute() if args.run_dir else output.with_name(output.name + ".run")
     get_strategy(args.strategy, **parse_options(args.strategy_option))
-    _augment(args)  # augmentation flags that do not fit the task are refused before any data is read
+    augment = _augment(args)  # augmentation flags that do not fit the task are refused before any data is read
     if args.seeds is not None and (args.seeds < 1 or args.search or args.teacher):
         from transferkit.errors import ConfigError
 
@@ -30,10 +30,10 @@ def finetune(args: argparse.Namespace) -> int:
                           "--keep-all (which saves every seed's model instead).")
     with output_lock(output), output_lock(run_dir):  # a second run on the same --output is refused
         claim_run_dir(run_dir, resume=args.resume)
-        return _train_and_save(args, output, run_dir)
+        return _train_and_save(args, output, run_dir, augment)
 
 
-def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> int:
+def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path, augment) -> int:
     import torch
 
     import transferkit as tk
@@ -62,8 +62,6 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path) -> in
     images = getattr(data, "inputs", ()) if args.task in ("classification", "multilabel", "regression") else ()
     first, options, size = sized_backbone(args.backbone, parse_options(args.option), images, args.seed)
     built = [first]
-
-    augment = _augment(args)
 
     def build():
         backbone = built.pop() if built else tk.load_backbone(args.backbone, **options)

@@ -158,16 +158,9 @@ class ClassificationTask(nn.Module):
             return
         was_training = self.training
         self.eval()
-        device = next(self.model.parameters()).device
-        features, labels = [], []
-        for start in range(0, len(examples), batch_size):
-            batch = self.collate(examples[start:start + batch_size])
-            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch["inputs"].items()}
-            pooled = self.model(**inputs)["features"]
-            # The prototypes sit after the head's dropout and hidden layer: place them where they will be compared.
-            features.append(self.model.head.layers[:-1](pooled).float().cpu())
-            labels.append(batch["labels"])
-        layer.initialise(torch.cat(features), torch.cat(labels))
+        pooled = self.model.backbone.encode([x for x, _ in examples], batch_size)
+        # The prototypes sit after the head's dropout and hidden layer: place them where they will be compared.
+        layer.initialise(self.model.head.layers[:-1](pooled).float().cpu(), torch.tensor([y for _, y in examples]))
         self.train(was_training)
 
     def metrics(self) -> "ClassificationMetrics":

@@ -145,22 +145,6 @@ class PairMetrics:
         return {"loss": self.loss_sum / max(self.count, 1), "pair_accuracy": self.right / max(self.count, 1)}
 
 
-@torch.no_grad()
-def embed(model: nn.Module, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
-    """The backbone's pooled features of ``inputs``, batch by batch, as a ``[n, features]`` array."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = list(inputs[start:start + batch_size])
-        batch = preprocess_named(model.backbone.preprocess, chunk, [f"input {start + i}" for i in range(len(chunk))])
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        out.append(model.backbone(**batch).pooled.float().cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy()
-
-
 def fit_head(model: nn.Module, data: Any, estimator: Any = None, batch_size: int = 64) -> Any:
     """Fit ``estimator`` (default ``LogisticRegression(max_iter=1000)``) on the backbone's features of ``data`` and put
     its linear decision function into the model's classification head; returns the fitted estimator.
@@ -176,7 +160,7 @@ def fit_head(model: nn.Module, data: Any, estimator: Any = None, batch_size: int
         raise ConfigError("fit_head writes a linear classifier into a linear Classification head (no hidden layer, "
                           "no prototypes); build the model with tk.heads.Classification().")
     examples = ClassificationTask(model).examples(data)
-    features = embed(model, [x for x, _ in examples], batch_size)
+    features = model.backbone.encode([x for x, _ in examples], batch_size).float().cpu().numpy()
     labels = np.array([y for _, y in examples])
     if estimator is None:
         from sklearn.linear_model import LogisticRegression

@@ -151,7 +151,7 @@ def average(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
 
 
 def greedy_soup(models: Sequence[nn.Module], score: Callable[[nn.Module], float], *, higher_is_better: bool = True,
-                scores: Sequence[float] | None = None) -> Soup:
+                scores: Sequence[float] | None = None, order: Sequence[int] | None = None) -> Soup:
     """Greedy soup of ``models`` on a validation ``score`` (see the module docstring).
 
     Args:
@@ -160,13 +160,15 @@ def greedy_soup(models: Sequence[nn.Module], score: Callable[[nn.Module], float]
         score: ``model → validation figure``, e.g. ``lambda m: trainer.evaluate(m, val)["accuracy"]``.
         higher_is_better: the figure's direction.
         scores: each model's own score when already known (a run's kept validation value); else computed.
+        order: the indices of ``models`` in the order they are tried, best first (e.g. ties broken by validation
+            loss); default: by their own scores, ties in the order given.
     """
     if not models:
         raise ConfigError("greedy_soup needs at least one model.")
     _same_shapes([m.state_dict() for m in models])
     own = [float(s) for s in scores] if scores is not None else [float(score(m)) for m in models]
     sign = 1.0 if higher_is_better else -1.0
-    order = sorted(range(len(models)), key=lambda i: -sign * own[i])
+    order = list(order) if order is not None else sorted(range(len(models)), key=lambda i: -sign * own[i])
     soup = copy.deepcopy(models[order[0]])
     total = {name: value.detach().float().clone() for name, value in models[order[0]].state_dict().items()
              if value.dtype.is_floating_point}

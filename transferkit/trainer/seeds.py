@@ -208,15 +208,10 @@ def _soup(trainer, result: SeedsResult, val: Any):
                           "none: pass val, or keep='best'.")
     name = result.metric.removeprefix("val_")
     single = dataclasses.replace(trainer, seeds=None)
-    ranked = sorted(result.runs, key=_rank(result.metric, result.higher_is_better))  # ties: the lower loss first
-    soup = greedy_soup([result.models[r["seed"]] for r in ranked], lambda m: single.evaluate(m, val)[name],
-                       higher_is_better=result.higher_is_better, scores=[r["metrics"][result.metric] for r in ranked])
-    position = {r["seed"]: result.seeds.index(r["seed"]) for r in result.runs}  # back to indices into seeds
-    at = [position[r["seed"]] for r in ranked]
-    soup.ingredients = [at[i] for i in soup.ingredients]
-    soup.scores = [soup.scores[ranked.index(r)] for r in result.runs]
-    soup.tried = [(at[i], value, joined) for i, value, joined in soup.tried]
-    return soup
+    runs, rank = result.runs, _rank(result.metric, result.higher_is_better)  # runs are in seed order
+    return greedy_soup([result.models[s] for s in result.seeds], lambda m: single.evaluate(m, val)[name],
+                       higher_is_better=result.higher_is_better, scores=[r["metrics"][result.metric] for r in runs],
+                       order=sorted(range(len(runs)), key=lambda i: rank(runs[i])))  # ties: the lower loss first
 
 
 def _fresh_copy(model: nn.Module, seed: int) -> nn.Module:
