@@ -240,8 +240,11 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal_to_an_uninterrupted_run(
             == json.loads((tmp_path / "full" / "history.json").read_text()))
 
 
-def test_two_process_ddp_with_gloo_equals_one_process(assets, tmp_path):
+@pytest.mark.parametrize("adversarial", [None, "pgd"])
+def test_two_process_ddp_with_gloo_equals_one_process(assets, tmp_path, adversarial):
+    # PGD: several forward/backward passes per micro-batch, the gradient exchanged once (trainer.adversarial).
     args = ["--model", "glove", "--asset", assets["glove"], "--epochs", "2", "--batch-size", "8"]
+    args += ["--adversarial", adversarial] if adversarial else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "one"), *args], check=True, env=env)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

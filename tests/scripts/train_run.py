@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--accumulate", type=int, default=1)
+    parser.add_argument("--adversarial", default=None)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -51,7 +52,8 @@ def main() -> None:
     slow = [lambda trainer, state: time.sleep(args.slow)] if args.slow else []
     trainer = tk.Trainer(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, lr=1e-3,
                          head_lr=1e-2, schedule="cosine", warmup=2, seed=3, output_dir=args.out, save_every=1,
-                         loggers=(), progress=False, callbacks={"on_step_end": slow})
+                         loggers=(), progress=False, callbacks={"on_step_end": slow},
+                         adversarial=args.adversarial)
     history = trainer.fit(model, PAIRS[:40], PAIRS[40:60], resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         from safetensors.torch import save_model

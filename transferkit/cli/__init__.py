@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                            "erasing with this probability")
     p.add_argument("--ema", type=float, metavar="DECAY", help="keep a moving average of the weights with this "
                                                               "decay (e.g. 0.999) and validate and save it")
+    p.add_argument("--adversarial", choices=["fgm", "pgd", "freelb", "smart"],
+                   help="also train on adversarially perturbed inputs (input embeddings or pixels): fgm, pgd, "
+                        "freelb or smart (see transferkit.trainer.adversarial)")
+    p.add_argument("--adversarial-epsilon", type=float, metavar="EPS", help="--adversarial: radius of the "
+                   "perturbation per example (default: 1.0 L2 for text, 0.03 L-inf for images; smart 1e-3)")
     p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_finetune)

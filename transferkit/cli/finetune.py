@@ -85,6 +85,9 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path, augme
         import dataclasses
 
         settings["settings"]["augment"] = dataclasses.asdict(augment)
+    adversarial = _adversarial(args)
+    if adversarial is not None:
+        settings["settings"]["adversarial"] = adversarial.to_config()
     save_record(run_dir, settings)
     picked = settings["settings"]
     # Training state lives beside the model (OUTPUT.run): save_pretrained replaces --output as a whole.
@@ -95,7 +98,7 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path, augme
                          strategy=get_strategy(args.strategy, **parse_options(args.strategy_option)),
                          **({"metric": args.metric} if args.metric else {}), patience=args.patience, seed=args.seed, device=args.device,
                          num_workers=args.num_workers, group_by_length=args.group_by_length,
-                         compile=args.compile, output_dir=str(run_dir), ema=args.ema,
+                         compile=args.compile, output_dir=str(run_dir), ema=args.ema, adversarial=adversarial,
                          save_every=args.save_every,
                          checkpoint_every=args.checkpoint_every or max(1, picked["epochs"] // 10),
                          loggers=("csv", "report") + (("tensorboard",) if args.tensorboard else ()),
@@ -155,6 +158,20 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path, augme
                                  include_base=args.save == "full", merge=args.save == "merged", training=settings)
     print(f"saved to {path}")
     return 0
+
+
+def _adversarial(args: argparse.Namespace):
+    """``--adversarial`` and its epsilon as an :class:`Adversarial`, or ``None``."""
+    if args.adversarial is None:
+        if args.adversarial_epsilon is not None:
+            from transferkit.errors import ConfigError
+
+            raise ConfigError("--adversarial-epsilon sets the radius of --adversarial: name the method too "
+                              "(--adversarial fgm, pgd, freelb or smart).")
+        return None
+    from transferkit.trainer.adversarial import Adversarial
+
+    return Adversarial(args.adversarial, epsilon=args.adversarial_epsilon)
 
 
 def _augment(args: argparse.Namespace):

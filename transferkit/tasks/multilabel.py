@@ -54,6 +54,7 @@ class MultiLabelTask(nn.Module):
     """
 
     default_metric = "micro_f1"
+    logits_kind = "independent"  # a sigmoid per label, for SMART (transferkit.trainer.adversarial)
     higher_is_better = {"loss": False, "micro_f1": True, "macro_f1": True, "map": True}
 
     def __init__(self, model: nn.Module, input_column: str = "text", label_column: str = "label",

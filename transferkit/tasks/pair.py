@@ -138,6 +138,7 @@ class PairTask(nn.Module):
         self.label_smoothing = label_smoothing
         self.class_weights = None  # set per epoch by the class-balanced strategies (classification only)
         self.default_metric = "rmse" if head.regression else "accuracy"
+        self.logits_kind = "values" if head.regression else "categorical"  # for SMART (trainer.adversarial)
 
     def examples(self, data: Any) -> list[PairExample]:
         """``(text_a, text_b, class id or score)`` examples, checked before any training starts.

@@ -17,7 +17,9 @@ strategies (:class:`ClassWeighted`); the cost of each example for ``Trainer(grou
 (:class:`LengthAware`, else :func:`example_lengths` counts the tokens of its batch); on the metrics object, what a custom metric receives, a JSON state
 that survives a resume and the task's own report files (:class:`ReportingMetrics`); and ``prepare(examples)``, which
 the Trainer calls once with the training examples before the first step (classification places a prototype head's
-prototypes on the training features there).
+prototypes on the training features there); and ``logits_kind``, what ``forward``'s ``"logits"`` are, for the
+SMART regulariser of :mod:`transferkit.trainer.adversarial`: ``"categorical"`` (a softmax over the last dimension,
+the default), ``"independent"`` (a sigmoid per output: multi-label) or ``"values"`` (regression).
 """
 
 from __future__ import annotations

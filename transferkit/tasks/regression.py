@@ -31,6 +31,7 @@ class RegressionTask(nn.Module):
     """
 
     default_metric = "rmse"
+    logits_kind = "values"  # for SMART (transferkit.trainer.adversarial)
     higher_is_better = {"loss": False, "mae": False, "rmse": False, "r2": True, "spearman": True}
 
     def __init__(self, model: nn.Module, input_column: str = "text"):

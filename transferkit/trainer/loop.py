@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from transferkit.errors import CheckpointError, ConfigError, DataError
 
-from . import averaging, checkpoint, distributed, sharding
+from . import adversarial, averaging, checkpoint, distributed, sharding
 from .common import as_task, batch_len, seed_everything, to_device
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
@@ -126,6 +126,9 @@ class Trainer:
         ema: keep an exponential moving average of the learning weights with this decay (e.g. ``0.999``;
             :mod:`.averaging`): validation, the best epoch and the weights ``fit`` leaves are the averaged ones.
             ``None``: no average. Not with ``fsdp``.
+        adversarial: also train on adversarially perturbed inputs (input embeddings or pixels): a method's name,
+            ``"fgm"``, ``"pgd"``, ``"freelb"`` or ``"smart"``, or an :class:`~transferkit.trainer.adversarial.Adversarial`
+            with its settings (see :mod:`.adversarial`). ``None``: no perturbation. Not with ``fsdp`` or ``compile``.
 
     After :meth:`fit`, ``trainer.best`` is the epoch whose weights were restored, or ``None`` without
     validation data: ``{"epoch": 7, "metric": "accuracy", "value": 0.5, "val_loss": 0.675, "reason":
@@ -166,6 +169,7 @@ class Trainer:
     seeds: list[int] | None = None
     keep: str = "best"
     ema: float | None = None
+    adversarial: Any = None
     # Not settings (no annotation, so not fields): set by fit(), see the class docstring.
     best = None
     seeds_result = None
@@ -177,6 +181,7 @@ class Trainer:
         custom_metrics(self.metrics)  # the forms; the names are checked against the task's in fit
         check_seeds(self.seeds, self.keep)
         averaging.check_decay(self.ema)
+        self.adversarial = adversarial.get_adversarial(self.adversarial)
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every is a number of epochs, 1 or more; got {self.checkpoint_every!r}.")
         if self.accumulate < 1 or self.batch_size < self.accumulate:
@@ -237,6 +242,9 @@ class Trainer:
         if sharded and self.ema is not None:
             raise ConfigError("ema does not work with fsdp yet (the average would have to be sharded too): train "
                               "with ema=None, or without fsdp.")
+        if self.adversarial is not None and (sharded or self.compile):
+            raise ConfigError("adversarial training does not work with fsdp or compile yet (it perturbs the inputs "
+                              "through module hooks): train with adversarial=None, or without fsdp and compile.")
         ema = averaging.Ema(self.ema) if self.ema is not None else None
         if sharded:
             task = sharding.shard(task, device)
@@ -364,14 +372,8 @@ class Trainer:
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last or not hasattr(forward, "no_sync") else forward.no_sync()
             with sync:
-                with precision.autocast():
-                    out = forward(batch)
-                n = out.get("num_items")
-                n = float(n) if n is not None else float(batch_len(batch))
-                loss = out["loss"]
-                # Weighted by its items, each micro-batch adds its share of the large batch's mean loss.
-                precision.backward(loss * n if weighted else loss)
-            loss_sum, items = loss_sum + loss.detach().float() * n, items + n
+                out, n = self._backward(forward, task, batch, precision, weighted)
+            loss_sum, items = loss_sum + out["loss"].detach().float() * n, items + n
         value = float(loss_sum) / max(items, 1.0)
         if not math.isfinite(value):  # before the update, so the weights stay usable
             optimizer.zero_grad(set_to_none=True)
@@ -386,6 +388,31 @@ class Trainer:
         precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         return value, items
+
+    def _backward(self, forward, task, batch, precision: Precision, weighted: bool) -> tuple[dict, float]:
+        """Forward and backward of one micro-batch (adversarially, when asked); its outputs and items."""
+        def items(out: dict) -> float:
+            n = out.get("num_items")
+            return float(n) if n is not None else float(batch_len(batch))
+
+        # Weighted by its items, each micro-batch adds its share of the large batch's mean loss.
+        scale = lambda loss, out: loss * items(out) if weighted else loss
+        if self.adversarial is None:
+            with precision.autocast():
+                out = forward(batch)
+            precision.backward(scale(out["loss"], out))
+            return out, items(out)
+        passes: list[dict] = []  # the first pass's outputs say how many items the micro-batch weighs
+
+        def run(batch):
+            with precision.autocast():
+                passes.append(forward(batch))
+            return passes[-1]
+
+        quiet = getattr(forward, "no_sync", contextlib.nullcontext)
+        out = adversarial.step(self.adversarial, run, task, batch,
+                               lambda loss: precision.backward(scale(loss, passes[0])), quiet)
+        return out, items(passes[0])
 
     # -- data ---------------------------------------------------------------------------------------
 
