@@ -130,4 +130,77 @@ def test_finetune_augments_image_classification_and_records_it(tmp_path, capsys)
         f.write("text,label\na cat,x\na dog,y\n")
     assert main(["finetune", "--backbone", "timm:test_resnet", "--task", "regression", "--data", str(tmp_path / "t.csv"),
                  "--output", str(tmp_path / "r"), "--mixup", "0.2", "--no-progress"]) == 1
-    assert "augment image classification" in capsys.readouterr().err
+    assert "--eda augment classification; this run's task is regression" in capsys.readouterr().err
+
+
+def test_text_augment_swaps_deletes_and_replaces_the_stated_shares():
+    from transferkit.tasks.augment import TextAugment
+
+    text = " ".join(f"w{i}" for i in range(40))
+    torch.manual_seed(0)
+    swapped = TextAugment(delete=0, swap=0.1, replace=0).texts([text])[0].split()
+    assert sorted(swapped) == sorted(text.split()) and swapped != text.split()  # a permutation, 4 swaps
+    torch.manual_seed(0)
+    kept = [len(t.split()) for t in TextAugment(delete=0.25, swap=0, replace=0).texts([text] * 200)]
+    assert 0.7 < sum(kept) / (40 * 200) < 0.8  # each word dropped with probability 0.25
+    torch.manual_seed(0)
+    replaced = TextAugment(delete=0, swap=0, replace=0.1, vocabulary=["NEW"]).texts([text])[0].split()
+    assert len(replaced) == 40 and 1 <= replaced.count("NEW") <= 4  # 4 draws, some may hit the same word
+    assert TextAugment(delete=0.99, swap=0, replace=0).texts(["a b c"])[0]  # one word always stays
+    torch.manual_seed(3)
+    a = TextAugment().fit([text]).texts([text])
+    torch.manual_seed(3)
+    assert TextAugment().fit([text]).texts([text]) == a  # repeatable under the Trainer's seed
+    with pytest.raises(ConfigError, match="share of the words"):
+        TextAugment(delete=1.0)
+    with pytest.raises(ConfigError, match="needs replacement words"):
+        TextAugment().texts([text])
+
+
+def test_text_augment_changes_training_batches_only_and_takes_words_from_the_training_texts(assets):
+    from transferkit.tasks.augment import ImageAugment, TextAugment
+
+    from conftest import TOPIC_PAIRS
+
+    model = tk.TransferModel(tk.load_backbone(f"glove:{assets['glove']}"), tk.heads.Classification(3))
+    task = model.task(augment=TextAugment(delete=0.2, swap=0.2, replace=0.2))
+    examples = task.examples(TOPIC_PAIRS[:20])
+    task.prepare(examples)
+    assert set(task.augment.vocabulary) == {w for t, _ in TOPIC_PAIRS[:20] for w in t.split()}
+    task.eval()
+    plain = task.collate(examples)
+    task.train()
+    torch.manual_seed(0)
+    augmented = task.collate(examples)
+    before, after = plain["inputs"]["input_ids"], augmented["inputs"]["input_ids"]
+    assert before.shape != after.shape or not torch.equal(before, after)  # the training words changed
+    task.eval()
+    assert torch.equal(task.collate(examples)["inputs"]["input_ids"], before)  # evaluation: never augmented
+    task.train()
+    assert torch.equal(plain["labels"], augmented["labels"])
+    history = tk.Trainer(epochs=2, lr=0.02, batch_size=8, progress=False, loggers=()).fit(task, TOPIC_PAIRS[:30],
+                                                                                         TOPIC_PAIRS[45:54])
+    assert len(history) == 2
+    with pytest.raises(ConfigError, match="ImageAugment augments images"):
+        model.task(augment=ImageAugment()).examples(TOPIC_PAIRS[:5])
+    image_model = tk.TransferModel(tk.load_backbone("timm:test_resnet", weights=None, image_size=32),
+                                   tk.heads.Classification(2))
+    with pytest.raises(ConfigError, match="TextAugment augments texts"):
+        image_model.task(augment=TextAugment()).examples(([torch.rand(3, 32, 32)] * 2, [0, 1]))
+
+
+def test_finetune_eda_records_the_text_augmentation(assets, tmp_path):
+    import json
+
+    from transferkit.cli import main
+
+    from conftest import TOPIC_PAIRS, write_labelled_csv
+
+    write_labelled_csv(tmp_path / "train.csv", TOPIC_PAIRS[:40])
+    out = tmp_path / "m"
+    assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
+                 "--output", str(out), "--epochs", "1", "--eda", "0.1", "--no-progress"]) == 0
+    settings = json.loads((out / "config.json").read_text())["training"]["settings"]
+    assert settings["augment"] == {"delete": 0.1, "swap": 0.1, "replace": 0.1, "vocabulary": None}
+    assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
+                 "--output", str(tmp_path / "x"), "--eda", "0.1", "--mixup", "0.2", "--no-progress"]) == 1

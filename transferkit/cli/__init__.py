@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                               "this Beta alpha (e.g. 1.0)")
     p.add_argument("--erasing", type=float, default=0.0, metavar="P", help="image classification: random "
                                                                            "erasing with this probability")
+    p.add_argument("--eda", type=float, default=0.0, metavar="P", help="text classification: EDA-style "
+                   "augmentation, swapping, deleting and replacing this share of each training text's words (e.g. 0.1)")
     p.add_argument("--ema", type=float, metavar="DECAY", help="keep a moving average of the weights with this "
                                                               "decay (e.g. 0.999) and validate and save it")
     p.add_argument("--adversarial", choices=["fgm", "pgd", "freelb", "smart"],

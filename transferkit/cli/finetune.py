@@ -117,7 +117,7 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path, augme
         if augment is not None:
             from transferkit.errors import ConfigError
 
-            raise ConfigError("--teacher does not combine with --augment/--mixup/--cutmix/--erasing yet: distil "
+            raise ConfigError("--teacher does not combine with --augment/--mixup/--cutmix/--erasing/--eda yet: distil "
                               "without augmentation.")
         model = build()
         teacher = tk.TransferModel.from_pretrained(args.teacher)
@@ -175,15 +175,21 @@ def _adversarial(args: argparse.Namespace):
 
 
 def _augment(args: argparse.Namespace):
-    """The ImageAugment the flags ask for, or None."""
-    if args.augment in (None, "none") and not (args.mixup or args.cutmix or args.erasing):
+    """The ImageAugment or TextAugment the flags ask for, or None."""
+    images = args.augment not in (None, "none") or args.mixup or args.cutmix or args.erasing
+    if not images and not args.eda:
         return None
     from transferkit.errors import ConfigError
-    from transferkit.tasks.augment import ImageAugment
+    from transferkit.tasks.augment import ImageAugment, TextAugment
 
     if args.task != "classification":
-        raise ConfigError("--augment, --mixup, --cutmix and --erasing augment image classification; this run's "
+        raise ConfigError("--augment, --mixup, --cutmix, --erasing and --eda augment classification; this run's "
                           f"task is {args.task}.")
+    if images and args.eda:
+        raise ConfigError("--eda augments texts and --augment/--mixup/--cutmix/--erasing images: give the ones for "
+                          "this run's backbone.")
+    if args.eda:
+        return TextAugment(delete=args.eda, swap=args.eda, replace=args.eda)
     return ImageAugment(policy=None if args.augment in (None, "none") else args.augment, mixup=args.mixup,
                         cutmix=args.cutmix, erasing=args.erasing)
 

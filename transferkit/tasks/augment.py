@@ -1,5 +1,6 @@
-"""Training augmentation for image classification: a per-image policy, random erasing, and mixup / cutmix with the
-soft targets they make. Evaluation batches are never augmented.
+"""Training augmentation for classification: for images a per-image policy, random erasing, and mixup / cutmix with
+the soft targets they make (:class:`ImageAugment`); for texts EDA-style word swaps, deletions and replacements
+(:class:`TextAugment`). Evaluation batches are never augmented.
 
 ``ClassificationTask(model, augment=ImageAugment(policy="trivial", mixup=0.2, cutmix=1.0, erasing=0.25))``, or
 ``trainer.fit(model.task(augment=ImageAugment(...)), train, val)``. Each part is torchvision's
@@ -135,3 +136,65 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, class_weight
     weight = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
     total = (targets * weight).sum()  # the weight of the targets before smoothing, as PyTorch's class-id loss has
     return {"loss": -(smoothed * weight * log_p).sum() / total, "num_items": total}
+
+
+@dataclass
+class TextAugment:
+    """EDA-style token augmentation of training texts (Wei & Zou 2019, "EDA: Easy Data Augmentation Techniques for
+    Boosting Performance on Text Classification Tasks", arXiv 1901.11196), applied to each raw training text before the
+    backbone's tokenizer, so it works with every text backbone. Evaluation batches are never augmented.
+
+    Words are the text's whitespace-separated tokens. With ``n`` words, ``round(swap·n)`` random pairs change places
+    (EDA's random swap), then each word is dropped with probability ``delete`` (random deletion; one word always
+    stays), then ``round(replace·n)`` random words are replaced by a word drawn uniformly from ``vocabulary``. EDA's
+    synonym replacement and insertion need WordNet, which is not used here: the replacement words come from the
+    training texts themselves (``ClassificationTask.prepare`` collects them when ``vocabulary`` is ``None``), the
+    "uniform" word replacement that UDA (Xie et al. 2020, arXiv 1904.12848) compares against its TF-IDF variant.
+    Randomness comes from torch's generator, which the Trainer seeds, so a run is repeatable.
+
+    Attributes:
+        delete: probability of dropping each word (EDA's α; the paper's small-data setting is 0.1).
+        swap: share of the words swapped in pairs.
+        replace: share of the words replaced by a vocabulary word.
+        vocabulary: the replacement words; ``None``: the training texts' words.
+    """
+
+    delete: float = 0.1
+    swap: float = 0.1
+    replace: float = 0.1
+    vocabulary: list[str] | None = None
+
+    def __post_init__(self):
+        for name in ("delete", "swap", "replace"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                raise ConfigError(f"TextAugment {name} is a share of the words, 0 or more and below 1; got {value!r}.")
+
+    def fit(self, texts: Sequence[str]) -> "TextAugment":
+        """Take the replacement words from ``texts`` unless a vocabulary was given."""
+        if self.vocabulary is None:
+            self.vocabulary = sorted({w for t in texts for w in t.split()})
+        return self
+
+    def texts(self, texts: Sequence[str]) -> list[str]:
+        """Each text augmented (see the class docstring)."""
+        import random
+
+        if self.replace and not self.vocabulary:
+            raise ConfigError("TextAugment(replace=...) needs replacement words: give vocabulary=, or train through "
+                              "ClassificationTask, which takes them from the training texts.")
+        rng = random.Random(int(torch.randint(2 ** 31, ())))
+        return [self._one(t, rng) for t in texts]
+
+    def _one(self, text: str, rng) -> str:
+        words = text.split()
+        n = len(words)
+        if n < 2:
+            return text
+        for _ in range(round(self.swap * n)):
+            i, j = rng.randrange(n), rng.randrange(n)
+            words[i], words[j] = words[j], words[i]
+        kept = [w for w in words if rng.random() >= self.delete] or [rng.choice(words)]
+        for _ in range(round(self.replace * n)):
+            kept[rng.randrange(len(kept))] = rng.choice(self.vocabulary)
+        return " ".join(kept)

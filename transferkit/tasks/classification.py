@@ -57,9 +57,10 @@ class ClassificationTask(nn.Module):
         input_column: column of the inputs (texts, image paths or images) when the data is a table (CSV,
             JSONL, DataFrame, dict of columns, datasets.Dataset).
         label_column: column of the labels in a table.
-        augment: training augmentation of an image model (:class:`~transferkit.tasks.augment.ImageAugment`: a
-            per-image policy, random erasing, mixup / cutmix with soft targets); ``None``: none. Evaluation
-            batches are never augmented.
+        augment: training augmentation: of an image model :class:`~transferkit.tasks.augment.ImageAugment` (a
+            per-image policy, random erasing, mixup / cutmix with soft targets), of a text model
+            :class:`~transferkit.tasks.augment.TextAugment` (EDA-style word swaps, deletions, replacements);
+            ``None``: none. Evaluation batches are never augmented.
 
     Attributes:
         default_metric: ``"accuracy"``, what selects the best epoch unless ``Trainer(metric=...)`` says
@@ -71,10 +72,11 @@ class ClassificationTask(nn.Module):
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None,
                  input_column: str = "text", label_column: str = "label", augment: Any = None):
         super().__init__()
-        from .augment import ImageAugment
+        from .augment import ImageAugment, TextAugment
 
-        if augment is not None and not isinstance(augment, ImageAugment):
-            raise ConfigError(f"augment takes an ImageAugment (transferkit.tasks.augment), got {augment!r}.")
+        if augment is not None and not isinstance(augment, (ImageAugment, TextAugment)):
+            raise ConfigError(f"augment takes an ImageAugment or a TextAugment (transferkit.tasks.augment), got "
+                              f"{augment!r}.")
         self.augment = augment
         self.model = model
         self.label_smoothing = label_smoothing
@@ -93,9 +95,11 @@ class ClassificationTask(nn.Module):
         """
         data = load_labelled(data, input_column=self.input_column, label_column=self.label_column)
         modality = getattr(getattr(self.model, "backbone", None), "modality", None)
-        if self.augment is not None and modality != "image":
-            raise ConfigError(f"ImageAugment augments images, and this model's backbone reads {modality or 'no'} "
-                              "inputs: drop augment=.")
+        wanted = None if self.augment is None else "text" if hasattr(self.augment, "texts") else "image"
+        if wanted is not None and modality != wanted:
+            raise ConfigError(f"{type(self.augment).__name__} augments {wanted}s, and this model's backbone reads "
+                              f"{modality or 'no'} inputs: drop augment=, or use the other one of ImageAugment and "
+                              "TextAugment.")
         check_inputs(data.inputs, modality, data.origins)
         if modality == "image":
             files = [(x, o) for x, o in zip(data.inputs, data.origins) if isinstance(x, (str, os.PathLike))]
@@ -125,6 +129,9 @@ class ClassificationTask(nn.Module):
         labels = torch.tensor([y for _, y in examples], dtype=torch.long)
         if self.augment is None or not self.training:
             return {"inputs": preprocess_named(self.model.preprocess, raw, origins), "labels": labels}
+        if hasattr(self.augment, "texts"):  # TextAugment: new words, then the backbone's tokenizer
+            return {"inputs": preprocess_named(self.model.preprocess, self.augment.texts(raw), origins),
+                    "labels": labels}
         images = preprocess_named(self.augment.images, raw, origins)
         inputs = preprocess_named(self.model.preprocess, images, origins)
         inputs["pixel_values"] = self.augment.erase(inputs["pixel_values"])
@@ -152,7 +159,10 @@ class ClassificationTask(nn.Module):
     def prepare(self, examples: Sequence[tuple[Any, int]], batch_size: int = 64) -> None:
         """Place a prototype head's prototypes on the training features (:mod:`transferkit.heads.prototypes`) unless
         they were placed before (a loaded or resumed model keeps its own); nothing for other heads. The Trainer calls
-        it once before training; called alone on a frozen backbone it makes a nearest-centroid classifier."""
+        it once before training; called alone on a frozen backbone it makes a nearest-centroid classifier. A
+        :class:`~transferkit.tasks.augment.TextAugment` without a vocabulary takes its replacement words here."""
+        if getattr(self.augment, "vocabulary", False) is None:  # TextAugment: replacement words from the training texts
+            self.augment.fit([x for x, _ in examples])
         layer = getattr(self.model.head, "prototype_layer", None)
         if layer is None or bool(layer.initialised):
             return
