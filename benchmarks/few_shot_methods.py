@@ -1,7 +1,7 @@
 """Few-label methods (issue 13) against plain fine-tuning with the same backbone, budget and seeds: the moving
 average of the weights (``Trainer(ema=...)``), greedy soups of runs (``Trainer(seeds=[...], keep="soup")``), the
-prototype head (``Classification(prototypes=1)``) and, on images, augmentation (``ImageAugment``: TrivialAugment,
-mixup 0.2 / cutmix 1.0, random erasing 0.25).
+prototype head (``Classification(prototypes=1)``) and augmentation: on images ``ImageAugment`` (TrivialAugment,
+mixup 0.2 / cutmix 1.0, random erasing 0.25), on texts ``TextAugment`` (EDA's 0.1 swaps, deletions, replacements).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/few_shot_methods.py                 # both parts, 5 data seeds
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/few_shot_methods.py --parts vision --seeds 2
@@ -49,7 +49,7 @@ def part(name: str, seeds: int) -> dict:
 
     import transferkit as tk
     from transferkit.recipes.datasets import mnist, newsgroups
-    from transferkit.tasks.augment import ImageAugment
+    from transferkit.tasks.augment import ImageAugment, TextAugment
     from transferkit.trainer import auto
 
     torch.set_num_threads(2)
@@ -57,8 +57,8 @@ def part(name: str, seeds: int) -> dict:
     pool, test = mnist(500) if name == "vision" else newsgroups(100)
 
     extra = {"ema": ({"ema": EMA}, {}, None), "prototypes": ({}, {"prototypes": 1}, None)}
-    if name == "vision":
-        extra["augment"] = ({}, {}, ImageAugment(policy="trivial", mixup=0.2, cutmix=1.0, erasing=0.25))
+    extra["augment"] = ({}, {}, ImageAugment(policy="trivial", mixup=0.2, cutmix=1.0, erasing=0.25)
+                        if name == "vision" else TextAugment(delete=0.1, swap=0.1, replace=0.1))
     rows = {k: [] for k in ("plain", *extra, "soup", "best of soup runs on val", "mean of soup runs")}
     joined, seconds = [], {k: 0.0 for k in ("plain", *extra, "soup")}
     for seed in range(seeds):

@@ -130,7 +130,7 @@ def test_finetune_augments_image_classification_and_records_it(tmp_path, capsys)
         f.write("text,label\na cat,x\na dog,y\n")
     assert main(["finetune", "--backbone", "timm:test_resnet", "--task", "regression", "--data", str(tmp_path / "t.csv"),
                  "--output", str(tmp_path / "r"), "--mixup", "0.2", "--no-progress"]) == 1
-    assert "--eda augment classification; this run's task is regression" in capsys.readouterr().err
+    assert "--word-mixup augment classification; this run's task is regression" in capsys.readouterr().err
 
 
 def test_text_augment_swaps_deletes_and_replaces_the_stated_shares():
@@ -199,8 +199,49 @@ def test_finetune_eda_records_the_text_augmentation(assets, tmp_path):
     write_labelled_csv(tmp_path / "train.csv", TOPIC_PAIRS[:40])
     out = tmp_path / "m"
     assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
-                 "--output", str(out), "--epochs", "1", "--eda", "0.1", "--no-progress"]) == 0
+                 "--output", str(out), "--epochs", "1", "--eda", "0.1", "--word-mixup", "0.2", "--no-progress"]) == 0
     settings = json.loads((out / "config.json").read_text())["training"]["settings"]
-    assert settings["augment"] == {"delete": 0.1, "swap": 0.1, "replace": 0.1, "vocabulary": None}
+    assert settings["augment"] == {"delete": 0.1, "swap": 0.1, "replace": 0.1, "vocabulary": None, "mixup": 0.2}
     assert main(["finetune", "--backbone", f"glove:{assets['glove']}", "--data", str(tmp_path / "train.csv"),
                  "--output", str(tmp_path / "x"), "--eda", "0.1", "--mixup", "0.2", "--no-progress"]) == 1
+
+
+def test_word_mixup_mixes_embeddings_masks_and_targets_alike(assets):
+    from transferkit.tasks.augment import TextAugment, mix_rows
+
+    from conftest import SENTENCES
+
+    x = torch.arange(6.0).reshape(3, 2)
+    assert torch.equal(mix_rows(x, 0.25), 0.25 * x + 0.75 * x[[2, 0, 1]])
+    torch.manual_seed(0)
+    model = tk.TransferModel(tk.load_backbone(f"hf:{assets['bert']}"), tk.heads.Classification(3))
+    task = model.task(augment=TextAugment(delete=0, swap=0, replace=0, mixup=0.4)).train()
+    examples = task.examples((SENTENCES[:4], [0, 1, 2, 0]))
+    task.eval()
+    plain = task.collate(examples)
+    task.train()
+    torch.manual_seed(1)
+    batch = task.collate(examples)
+    lam = float(batch["mix"])
+    assert 0 < lam < 1 and torch.allclose(batch["targets"].sum(-1), torch.ones(4))
+    assert batch["targets"][1].tolist() == pytest.approx([1 - lam, lam, 0])  # class 1 (λ) mixed with the row before (0)
+    mask = plain["inputs"]["attention_mask"]
+    assert torch.equal(batch["inputs"]["attention_mask"], torch.maximum(mask, mask.roll(1, 0)))
+    task.model.eval()  # no dropout: compare with the embeddings mixed by hand
+    table = model.backbone.encoder.model.get_input_embeddings()
+    handle = table.register_forward_hook(lambda m, a, out: lam * out + (1 - lam) * out.roll(1, 0))
+    by_hand = model(**batch["inputs"])["logits"]
+    handle.remove()
+    out = task(batch)
+    assert torch.allclose(out["logits"], by_hand, atol=1e-6)
+    assert not torch.allclose(out["logits"], model(**batch["inputs"])["logits"], atol=1e-4)  # the hook is gone after
+    expected = soft_cross_entropy(by_hand.detach(), batch["targets"])["loss"]
+    assert float(out["loss"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    glove = tk.TransferModel(tk.load_backbone(f"glove:{assets['glove']}"), tk.heads.Classification(3))
+    from conftest import TOPIC_PAIRS
+
+    history = tk.Trainer(epochs=2, lr=0.02, batch_size=8, progress=False, loggers=()).fit(
+        glove.task(augment=TextAugment(mixup=0.2)), TOPIC_PAIRS[:30], TOPIC_PAIRS[45:54])
+    assert all(np.isfinite(r["train_loss"]) for r in history)
+    with pytest.raises(ConfigError, match="alpha of a Beta"):
+        TextAugment(mixup=-1)

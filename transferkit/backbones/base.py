@@ -165,6 +165,31 @@ def restore_order(rows: torch.Tensor, order: list[int]) -> torch.Tensor:
     return out
 
 
+@contextlib.contextmanager
+def input_hook(backbone: "Backbone", change: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """While inside, ``change`` rewrites what the backbone reads first: a text backbone's input embeddings (the output
+    of a transformer's embedding table; a word-vector backbone's token vectors), an image backbone's normalised
+    ``pixel_values``. Adversarial training and embedding mixup act there, on any backbone."""
+    encoder = backbone.encoder
+    if backbone.modality == "image":
+        def before(module, args, kwargs):
+            return args, {**kwargs, "pixel_values": change(kwargs["pixel_values"])}
+        handle = encoder.register_forward_pre_hook(before, with_kwargs=True)
+    else:
+        table = getattr(getattr(encoder, "model", None), "get_input_embeddings", None)
+        if callable(table):  # a transformer: the output of its embedding table
+            handle = table().register_forward_hook(lambda module, args, out: change(out))
+        else:  # word vectors: the encoder's token vectors are the embeddings
+            def after(module, args, features):
+                features.tokens = change(features.tokens)
+                return features
+            handle = encoder.register_forward_hook(after)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class Backbone(nn.Module):
     """A pretrained (or random) network plus the preprocessing that belongs to its weights.
 

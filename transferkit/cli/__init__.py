@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                            "erasing with this probability")
     p.add_argument("--eda", type=float, default=0.0, metavar="P", help="text classification: EDA-style "
                    "augmentation, swapping, deleting and replacing this share of each training text's words (e.g. 0.1)")
+    p.add_argument("--word-mixup", type=float, default=0.0, metavar="ALPHA", help="text classification: mix "
+                   "each training batch's input embeddings and labels with this Beta alpha (wordMixup, e.g. 0.2)")
     p.add_argument("--ema", type=float, metavar="DECAY", help="keep a moving average of the weights with this "
                                                               "decay (e.g. 0.999) and validate and save it")
     p.add_argument("--adversarial", choices=["fgm", "pgd", "freelb", "smart"],

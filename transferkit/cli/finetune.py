@@ -117,7 +117,7 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path, augme
         if augment is not None:
             from transferkit.errors import ConfigError
 
-            raise ConfigError("--teacher does not combine with --augment/--mixup/--cutmix/--erasing/--eda yet: distil "
+            raise ConfigError("--teacher does not combine with augmentation (--augment, --mixup, --eda...) yet: distil "
                               "without augmentation.")
         model = build()
         teacher = tk.TransferModel.from_pretrained(args.teacher)
@@ -177,19 +177,20 @@ def _adversarial(args: argparse.Namespace):
 def _augment(args: argparse.Namespace):
     """The ImageAugment or TextAugment the flags ask for, or None."""
     images = args.augment not in (None, "none") or args.mixup or args.cutmix or args.erasing
-    if not images and not args.eda:
+    texts = args.eda or args.word_mixup
+    if not images and not texts:
         return None
     from transferkit.errors import ConfigError
     from transferkit.tasks.augment import ImageAugment, TextAugment
 
     if args.task != "classification":
-        raise ConfigError("--augment, --mixup, --cutmix, --erasing and --eda augment classification; this run's "
+        raise ConfigError("--augment, --mixup, --cutmix, --erasing, --eda and --word-mixup augment classification; this run's "
                           f"task is {args.task}.")
-    if images and args.eda:
-        raise ConfigError("--eda augments texts and --augment/--mixup/--cutmix/--erasing images: give the ones for "
-                          "this run's backbone.")
-    if args.eda:
-        return TextAugment(delete=args.eda, swap=args.eda, replace=args.eda)
+    if images and texts:
+        raise ConfigError("--eda and --word-mixup augment texts, --augment/--mixup/--cutmix/--erasing images: give "
+                          "the ones for this run's backbone.")
+    if texts:
+        return TextAugment(delete=args.eda, swap=args.eda, replace=args.eda, mixup=args.word_mixup)
     return ImageAugment(policy=None if args.augment in (None, "none") else args.augment, mixup=args.mixup,
                         cutmix=args.cutmix, erasing=args.erasing)
 

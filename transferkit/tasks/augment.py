@@ -152,23 +152,48 @@ class TextAugment:
     "uniform" word replacement that UDA (Xie et al. 2020, arXiv 1904.12848) compares against its TF-IDF variant.
     Randomness comes from torch's generator, which the Trainer seeds, so a run is repeatable.
 
+    ``mixup`` adds wordMixup (Guo, Mao & Zhang 2019, "Augmenting Data with Mixup for Sentence Classification", arXiv
+    1905.08941): each training batch's input embeddings become ``λ·e + (1 − λ)·e_rolled`` (the batch rolled by one,
+    ``λ ~ Beta(mixup, mixup)`` per batch), the attention mask the union of both texts', and the targets the same mix
+    of the one-hot labels, with the soft-target loss of :func:`soft_cross_entropy`.
+
     Attributes:
         delete: probability of dropping each word (EDA's α; the paper's small-data setting is 0.1).
         swap: share of the words swapped in pairs.
         replace: share of the words replaced by a vocabulary word.
         vocabulary: the replacement words; ``None``: the training texts' words.
+        mixup: wordMixup's Beta ``alpha`` (0: off).
     """
 
     delete: float = 0.1
     swap: float = 0.1
     replace: float = 0.1
     vocabulary: list[str] | None = None
+    mixup: float = 0.0
 
     def __post_init__(self):
         for name in ("delete", "swap", "replace"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
                 raise ConfigError(f"TextAugment {name} is a share of the words, 0 or more and below 1; got {value!r}.")
+        if not (isinstance(self.mixup, (int, float)) and self.mixup >= 0):
+            raise ConfigError(f"mixup is the alpha of a Beta distribution, 0 (off) or more; got {self.mixup!r}.")
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (wordMixup is on)."""
+        return self.mixup > 0
+
+    def mix(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw wordMixup's ``λ`` for a tokenized batch: widens ``inputs["attention_mask"]`` to the union of each text
+        and the one it is mixed with (in place) and returns ``λ`` and the soft targets ``[B, num_classes]``; the
+        embeddings are mixed by :func:`mix_rows` during the forward pass."""
+        lam = torch.distributions.Beta(float(self.mixup), float(self.mixup)).sample()
+        if "attention_mask" in inputs:
+            inputs["attention_mask"] = torch.maximum(inputs["attention_mask"], inputs["attention_mask"].roll(1, 0))
+        one_hot = torch.nn.functional.one_hot(labels, num_classes).float()
+        return lam, mix_rows(one_hot, lam)
 
     def fit(self, texts: Sequence[str]) -> "TextAugment":
         """Take the replacement words from ``texts`` unless a vocabulary was given."""
@@ -198,3 +223,10 @@ class TextAugment:
         for _ in range(round(self.replace * n)):
             kept[rng.randrange(len(kept))] = rng.choice(self.vocabulary)
         return " ".join(kept)
+
+
+def mix_rows(x: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
+    """``λ·x + (1 − λ)·x`` rolled by one along the batch: each row mixed with the one before it (the first with the
+    last), as torchvision's ``MixUp`` pairs a batch."""
+    lam = torch.as_tensor(lam, dtype=x.dtype, device=x.device)
+    return lam * x + (1 - lam) * x.roll(1, 0)

@@ -130,8 +130,11 @@ class ClassificationTask(nn.Module):
         if self.augment is None or not self.training:
             return {"inputs": preprocess_named(self.model.preprocess, raw, origins), "labels": labels}
         if hasattr(self.augment, "texts"):  # TextAugment: new words, then the backbone's tokenizer
-            return {"inputs": preprocess_named(self.model.preprocess, self.augment.texts(raw), origins),
-                    "labels": labels}
+            batch = {"inputs": preprocess_named(self.model.preprocess, self.augment.texts(raw), origins),
+                     "labels": labels}
+            if self.augment.mixes:  # wordMixup: the embeddings are mixed in forward
+                batch["mix"], batch["targets"] = self.augment.mix(batch["inputs"], labels, self.model.head.num_classes)
+            return batch
         images = preprocess_named(self.augment.images, raw, origins)
         inputs = preprocess_named(self.model.preprocess, images, origins)
         inputs["pixel_values"] = self.augment.erase(inputs["pixel_values"])
@@ -142,7 +145,15 @@ class ClassificationTask(nn.Module):
         return batch
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        logits = self.model(**batch["inputs"])["logits"]
+        if "mix" in batch:  # wordMixup (TextAugment(mixup=...)): each text's embeddings mixed with the one before
+            from transferkit.backbones.base import input_hook
+
+            from .augment import mix_rows
+
+            with input_hook(self.model.backbone, lambda e: mix_rows(e, batch["mix"])):
+                logits = self.model(**batch["inputs"])["logits"]
+        else:
+            logits = self.model(**batch["inputs"])["logits"]
         weights = self.class_weights if self.training else None
         if "targets" in batch:  # mixup / cutmix: soft targets
             from .augment import soft_cross_entropy

@@ -148,27 +148,10 @@ class Site:
         self._make: Callable[[torch.Tensor], torch.Tensor] = torch.zeros_like
         self._calls = 0
 
-    @contextlib.contextmanager
     def installed(self):
-        encoder = self.backbone.encoder
-        if self.modality == "image":
-            def before(module, args, kwargs):
-                kwargs["pixel_values"] = self._add(kwargs["pixel_values"])
-                return args, kwargs
-            handle = encoder.register_forward_pre_hook(before, with_kwargs=True)
-        else:
-            table = getattr(getattr(encoder, "model", None), "get_input_embeddings", None)
-            if callable(table):  # a transformer: the output of its embedding table
-                handle = table().register_forward_hook(lambda module, args, out: self._add(out))
-            else:  # word vectors: the encoder's token vectors are the embeddings
-                def after(module, args, features):
-                    features.tokens = self._add(features.tokens)
-                    return features
-                handle = encoder.register_forward_hook(after)
-        try:
-            yield self
-        finally:
-            handle.remove()
+        from transferkit.backbones.base import input_hook
+
+        return input_hook(self.backbone, self._add)
 
     def _add(self, x: torch.Tensor) -> torch.Tensor:
         if self._calls == len(self.deltas):
