@@ -280,3 +280,53 @@ def _load_head(head: nn.Module, state: dict, backbone: Backbone, directory: Path
         raise CheckpointError(f"{directory}/adapter.safetensors does not fit the head in config.json: missing "
                               f"{missing[:5]}, unexpected {unexpected[:5]}.")
     head.load_state_dict(state, strict=False)
+
+
+class Ensemble:
+    """A prediction ensemble of fine-tuned classifiers: the (weighted) mean of their class probabilities.
+
+    The members may use different backbones, even different kinds (word vectors beside a transformer): each reads
+    the raw inputs with its own preprocessing. Averaging the probabilities of independently fine-tuned models is
+    the simplest ensemble and the usual baseline for weight averaging (Wortsman et al. 2022 compare their soups
+    with it); unlike a soup it costs one forward pass per member.
+
+    Args:
+        models: fine-tuned :class:`TransferModel` classifiers with the same classes in the same order.
+        weights: one non-negative weight per member (normalised to sum to 1); ``None``: equal weights.
+
+    Raises:
+        ConfigError: no models, a member that is not a single-label classifier, members whose classes differ, or
+            weights that do not fit.
+    """
+
+    def __init__(self, models: Sequence[TransferModel], weights: Sequence[float] | None = None):
+        from transferkit.errors import ConfigError
+
+        self.models = list(models)
+        if not self.models:
+            raise ConfigError("an Ensemble needs at least one fine-tuned model.")
+        for i, model in enumerate(self.models):
+            if getattr(model.head, "head_type", None) != "classification" or getattr(model.head, "labels", None) is None:
+                raise ConfigError(f"model #{i} is not a trained single-label classifier (its head is "
+                                  f"{getattr(model.head, 'head_type', type(model.head).__name__)}): an Ensemble averages "
+                                  "class probabilities.")
+        self.labels = list(self.models[0].head.labels)
+        for i, model in enumerate(self.models[1:], 1):
+            if list(model.head.labels) != self.labels:
+                raise ConfigError(f"model #{i} predicts the classes {list(model.head.labels)[:10]}, model #0 "
+                                  f"{self.labels[:10]}: ensemble members need the same classes in the same order.")
+        weights = [1.0] * len(self.models) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(self.models) or min(weights) < 0 or sum(weights) <= 0:
+            raise ConfigError(f"weights: one non-negative weight per model ({len(self.models)}), not all zero; got "
+                              f"{weights}.")
+        self.weights = [w / sum(weights) for w in weights]
+
+    def predict_proba(self, raw_inputs: Any, batch_size: int = 32) -> torch.Tensor:
+        """The weighted mean of the members' :meth:`TransferModel.predict_proba` (same forms of input)."""
+        return sum(w * m.predict_proba(raw_inputs, batch_size) for w, m in zip(self.weights, self.models))
+
+    def predict(self, raw_inputs: Any, batch_size: int = 32) -> Any:
+        """The class of highest mean probability for each input (one for a single input, else a list)."""
+        scores = self.predict_proba(raw_inputs, batch_size)
+        best = scores.argmax(-1)
+        return self.labels[int(best)] if best.dim() == 0 else [self.labels[int(i)] for i in best]
