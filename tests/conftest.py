@@ -104,6 +104,7 @@ def tiny_specs(assets) -> dict[str, tuple[str, dict]]:
         "timm-vit": ("timm:test_vit", {"weights": None}),
         "timm-stage": ("timm:test_efficientnet", {"weights": None, "image_size": 32, "stage": 2}),
         "torchvision": ("torchvision:mobilenet_v3_small", {"weights": None, "image_size": 32}),
+        "stack": ("stack:weighted", {"members": [f"glove:{assets['glove']}", f"hf:{assets['bert']}"]}),
         "scratch": ("scratch:bert", {"corpus": assets["corpus"], "vocab_size": 200, "hidden": 32, "layers": 1,
                                      "heads": 2, "max_length": 32}),
     }

@@ -171,6 +171,13 @@ def input_hook(backbone: "Backbone", change: Callable[[torch.Tensor], torch.Tens
     of a transformer's embedding table; a word-vector backbone's token vectors), an image backbone's normalised
     ``pixel_values``. Adversarial training and embedding mixup act there, on any backbone."""
     encoder = backbone.encoder
+    members = getattr(encoder, "members", None)
+    if members is not None:  # a stack (transferkit.backbones.stack): each member's inputs, in their order
+        with contextlib.ExitStack() as hooks:
+            for member in members:
+                hooks.enter_context(input_hook(member, change))
+            yield
+        return
     if backbone.modality == "image":
         def before(module, args, kwargs):
             return args, {**kwargs, "pixel_values": change(kwargs["pixel_values"])}
