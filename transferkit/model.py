@@ -14,7 +14,7 @@ from torch import nn
 
 from transferkit.backbones.base import Backbone, inference, length_batches, restore_order
 from transferkit.data import check_inputs, prediction_inputs, preprocess_named
-from transferkit.errors import CheckpointError, InputError
+from transferkit.errors import CheckpointError, ConfigError, InputError
 from transferkit.heads import check_needs, head_from_config
 from transferkit.saving import (_load_weights, _rebuild_backbone, adapter_base, head_own_state, load_adapter_dir,
                                 read_config, save_pretrained)
@@ -300,8 +300,6 @@ class Ensemble:
     """
 
     def __init__(self, models: Sequence[TransferModel], weights: Sequence[float] | None = None):
-        from transferkit.errors import ConfigError
-
         self.models = list(models)
         if not self.models:
             raise ConfigError("an Ensemble needs at least one fine-tuned model.")

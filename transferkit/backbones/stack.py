@@ -119,8 +119,7 @@ def _rebuild(config: dict, directory: Path) -> Backbone:
         member = source(member_config["source"]).rebuild(dict(member_config), Path(directory) / MEMBERS / str(i))
         member.config = dict(member_config)
         members.append(member)
-    backbone = stack(members, weighted=bool(config["arch"]["weighted"]))
-    return backbone
+    return stack(members, weighted=bool(config["arch"]["weighted"]))
 
 
 @register_source("stack", rebuild=_rebuild, save_assets=_save_assets, list_names=lambda: ["concat", "weighted"],

@@ -18,6 +18,7 @@ def finetune(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir).absolute() if args.run_dir else output.with_name(output.name + ".run")
     get_strategy(args.strategy, **parse_options(args.strategy_option))
     augment = _augment(args)  # augmentation flags that do not fit the task are refused before any data is read
+    adversarial = _adversarial(args)
     if args.seeds is not None and (args.seeds < 1 or args.search or args.teacher):
         from transferkit.errors import ConfigError
 
@@ -30,10 +31,10 @@ def finetune(args: argparse.Namespace) -> int:
                           "--keep-all (which saves every seed's model instead).")
     with output_lock(output), output_lock(run_dir):  # a second run on the same --output is refused
         claim_run_dir(run_dir, resume=args.resume)
-        return _train_and_save(args, output, run_dir, augment)
+        return _train_and_save(args, output, run_dir, augment, adversarial)
 
 
-def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path, augment) -> int:
+def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path, augment, adversarial) -> int:
     import torch
 
     import transferkit as tk
@@ -85,7 +86,6 @@ def _train_and_save(args: argparse.Namespace, output: Path, run_dir: Path, augme
         import dataclasses
 
         settings["settings"]["augment"] = dataclasses.asdict(augment)
-    adversarial = _adversarial(args)
     if adversarial is not None:
         settings["settings"]["adversarial"] = adversarial.to_config()
     save_record(run_dir, settings)

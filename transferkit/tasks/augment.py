@@ -48,6 +48,7 @@ class ImageAugment:
         cutmix: cutmix's Beta ``alpha`` (0: off; 1.0 is the paper's).
     """
 
+    modality = "image"  # what it augments (not a field)
     policy: str | None = "trivial"
     num_ops: int = 2
     magnitude: int = 9
@@ -165,6 +166,7 @@ class TextAugment:
         mixup: wordMixup's Beta ``alpha`` (0: off).
     """
 
+    modality = "text"  # what it augments (not a field)
     delete: float = 0.1
     swap: float = 0.1
     replace: float = 0.1

@@ -7,6 +7,7 @@ it and its ``confusion.png``.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 from collections import Counter
@@ -95,9 +96,8 @@ class ClassificationTask(nn.Module):
         """
         data = load_labelled(data, input_column=self.input_column, label_column=self.label_column)
         modality = getattr(getattr(self.model, "backbone", None), "modality", None)
-        wanted = None if self.augment is None else "text" if hasattr(self.augment, "texts") else "image"
-        if wanted is not None and modality != wanted:
-            raise ConfigError(f"{type(self.augment).__name__} augments {wanted}s, and this model's backbone reads "
+        if self.augment is not None and modality != self.augment.modality:
+            raise ConfigError(f"{type(self.augment).__name__} augments {self.augment.modality}s, and this model's backbone reads "
                               f"{modality or 'no'} inputs: drop augment=, or use the other one of ImageAugment and "
                               "TextAugment.")
         check_inputs(data.inputs, modality, data.origins)
@@ -129,7 +129,7 @@ class ClassificationTask(nn.Module):
         labels = torch.tensor([y for _, y in examples], dtype=torch.long)
         if self.augment is None or not self.training:
             return {"inputs": preprocess_named(self.model.preprocess, raw, origins), "labels": labels}
-        if hasattr(self.augment, "texts"):  # TextAugment: new words, then the backbone's tokenizer
+        if self.augment.modality == "text":  # TextAugment: new words, then the backbone's tokenizer
             batch = {"inputs": preprocess_named(self.model.preprocess, self.augment.texts(raw), origins),
                      "labels": labels}
             if self.augment.mixes:  # wordMixup: the embeddings are mixed in forward
@@ -145,14 +145,14 @@ class ClassificationTask(nn.Module):
         return batch
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        mixing = contextlib.nullcontext()
         if "mix" in batch:  # wordMixup (TextAugment(mixup=...)): each text's embeddings mixed with the one before
             from transferkit.backbones.base import input_hook
 
             from .augment import mix_rows
 
-            with input_hook(self.model.backbone, lambda e: mix_rows(e, batch["mix"])):
-                logits = self.model(**batch["inputs"])["logits"]
-        else:
+            mixing = input_hook(self.model.backbone, lambda e: mix_rows(e, batch["mix"]))
+        with mixing:
             logits = self.model(**batch["inputs"])["logits"]
         weights = self.class_weights if self.training else None
         if "targets" in batch:  # mixup / cutmix: soft targets
@@ -172,7 +172,7 @@ class ClassificationTask(nn.Module):
         they were placed before (a loaded or resumed model keeps its own); nothing for other heads. The Trainer calls
         it once before training; called alone on a frozen backbone it makes a nearest-centroid classifier. A
         :class:`~transferkit.tasks.augment.TextAugment` without a vocabulary takes its replacement words here."""
-        if getattr(self.augment, "vocabulary", False) is None:  # TextAugment: replacement words from the training texts
+        if self.augment is not None and self.augment.modality == "text":  # replacement words from the training texts
             self.augment.fit([x for x, _ in examples])
         layer = getattr(self.model.head, "prototype_layer", None)
         if layer is None or bool(layer.initialised):

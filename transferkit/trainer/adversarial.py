@@ -131,7 +131,7 @@ class Site:
     """Adds the perturbation to what the backbone reads first, through module hooks, while :meth:`installed`.
 
     ``deltas`` holds one tensor per backbone call of a forward pass (a pair task calls its backbone twice), each
-    shaped like what it perturbs; :meth:`start` decides the next pass's deltas before it runs (``None``: zeros).
+    shaped like what it perturbs; :meth:`run` sets them for its pass, or makes new ones as the pass reaches them.
     """
 
     def __init__(self, task: nn.Module):
@@ -280,7 +280,7 @@ def divergence(p: torch.Tensor, q: torch.Tensor, kind: str = "categorical") -> t
     return rows(kl(p, q)) + rows(kl(q, p))
 
 
-def _logits(out: dict, site: Site) -> torch.Tensor:
+def _logits(out: dict) -> torch.Tensor:
     if "logits" not in out:
         raise ConfigError("SMART compares the predictions on clean and perturbed inputs, and this task's outputs hold "
                           f"no 'logits' (they hold {sorted(out)}); choose fgm, pgd or freelb.")
@@ -290,12 +290,12 @@ def _logits(out: dict, site: Site) -> torch.Tensor:
 def _smart(site: Site, s: dict, forward, batch, backward, quiet) -> dict:
     with quiet():
         out = site.run(forward, batch)
-        clean = _logits(out, site)
+        clean = _logits(out)
         noisy = site.run(forward, batch, make=lambda x: torch.randn_like(x) * SMART_SIGMA, grad=True)
-        grads = torch.autograd.grad(divergence(_logits(noisy, site), clean.detach(), site.logits_kind), site.deltas)
+        grads = torch.autograd.grad(divergence(_logits(noisy), clean.detach(), site.logits_kind), site.deltas)
     deltas = [project(d.detach() + s["alpha"] * g / _per_example(g, "linf").clamp_min(1e-12), s["epsilon"], "linf")
               for d, g in zip(site.deltas, grads)]
-    adversarial = _logits(site.run(forward, batch, deltas), site)
+    adversarial = _logits(site.run(forward, batch, deltas))
     backward(out["loss"] + s["weight"] * divergence(adversarial, clean, site.logits_kind))
     return out
 

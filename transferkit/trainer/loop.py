@@ -396,23 +396,25 @@ class Trainer:
             return float(n) if n is not None else float(batch_len(batch))
 
         # Weighted by its items, each micro-batch adds its share of the large batch's mean loss.
-        scale = lambda loss, out: loss * items(out) if weighted else loss
         if self.adversarial is None:
             with precision.autocast():
                 out = forward(batch)
-            precision.backward(scale(out["loss"], out))
-            return out, items(out)
-        passes: list[dict] = []  # the first pass's outputs say how many items the micro-batch weighs
+            n = items(out)
+            precision.backward(out["loss"] * n if weighted else out["loss"])
+            return out, n
+        counted: list[float] = []  # the micro-batch's items, from its first pass
 
         def run(batch):
             with precision.autocast():
-                passes.append(forward(batch))
-            return passes[-1]
+                out = forward(batch)
+            if not counted:
+                counted.append(items(out))
+            return out
 
         quiet = getattr(forward, "no_sync", contextlib.nullcontext)
         out = adversarial.step(self.adversarial, run, task, batch,
-                               lambda loss: precision.backward(scale(loss, passes[0])), quiet)
-        return out, items(passes[0])
+                               lambda loss: precision.backward(loss * counted[0] if weighted else loss), quiet)
+        return out, counted[0]
 
     # -- data ---------------------------------------------------------------------------------------
 
